@@ -1,0 +1,76 @@
+"""Inference-side rescue (thesis 3.5, Table 6): checkpoint ensembling and horizontal-flip TTA.
+
+    python ensemble_tta.py --ckpt A.pt [B.pt ...] --val-csv val.csv [--tta hflip] --out DIR
+    python ensemble_tta.py --ckpt A.pt B.pt --val-csv val.csv --table --out DIR
+
+Averages the logits of the checkpoints (and, with hflip, of each image and its mirror) and writes the same
+report as evaluate.py. --table runs every checkpoint once over both views, then scores the four Table 6
+configurations from those cached logits: DIR/rescue_table.csv, DIR/rescue_table.md, and one full report
+per configuration in DIR/<configuration folder>/ (--tta is not used then).
+"""
+import argparse
+import csv
+import os
+import sys
+
+import data
+import metrics
+
+# (configuration as in metrics.THESIS_RESCUE, report folder, checkpoints used (None = all), h-flip TTA)
+CONFIGURATIONS = (
+    ("single checkpoint, no TTA", "single_no_tta", 1, False),
+    ("single checkpoint, h-flip TTA", "single_hflip", 1, True),
+    ("checkpoint ensemble, no TTA", "ensemble_no_tta", None, False),
+    ("checkpoint ensemble + h-flip TTA", "ensemble_hflip", None, True),
+)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt", nargs="+", required=True,
+                        help="checkpoints to ensemble (any architectures, same classes and image size); "
+                             "with --table the first is the 'single checkpoint'")
+    parser.add_argument("--table", action="store_true", help="score the four Table 6 configurations")
+    metrics.add_eval_args(parser, require_val=True)
+    return parser
+
+
+def main(args: argparse.Namespace) -> None:
+    if args.table and len(args.ckpt) < 2:
+        raise data.DataError("--table compares a single checkpoint with an ensemble: give two or more --ckpt")
+    hflip = args.table or args.tta == "hflip"
+    val = metrics.infer_checkpoints(args.ckpt, args.val_csv, args.data_root, args.batch_size, args.workers,
+                                    args.device, args.amp, hflip)
+    if not args.table:
+        result = metrics.report_logits(args.out, val.average(hflip=hflip), val, val.title(hflip=hflip))
+        print(metrics.format_table(result))
+        print(f"report written to {args.out}")
+        return
+
+    rows = []
+    for name, folder, count, flip in CONFIGURATIONS:
+        result = metrics.report_logits(os.path.join(args.out, folder), val.average(count, flip), val,
+                                       val.title(count, flip))
+        thesis_acc, thesis_f1 = metrics.THESIS_RESCUE[name]
+        rows.append([name, result["accuracy"], result["macro_f1"], thesis_acc, thesis_f1, folder])
+    with data.atomic_write(os.path.join(args.out, "rescue_table.csv")) as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["configuration", "accuracy", "macro_f1", "thesis_accuracy", "thesis_macro_f1", "report"])
+        writer.writerows([name, *(f"{v:.6f}" for v in values), folder] for name, *values, folder in rows)
+    lines = [f"Single checkpoint: {val.names[0]}. Ensemble: {' + '.join(val.names)} (mean of logits). "
+             f"Validation set: {args.val_csv} ({len(val.samples)} images).", "",
+             "| Configuration | Accuracy | Macro-F1 | Thesis accuracy | Thesis macro-F1 | Report |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {row[0]} | {' | '.join(f'{v:.4f}' for v in row[1:5])} | [{row[5]}/]({row[5]}/) |" for row in rows]
+    with data.atomic_write(os.path.join(args.out, "rescue_table.md")) as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"table and per-configuration reports written to {args.out}")
+
+
+if __name__ == "__main__":
+    args = get_args_parser().parse_args()
+    try:
+        main(args)
+    except data.DataError as err:
+        sys.exit(f"error: {err}")
