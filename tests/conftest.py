@@ -1,0 +1,20 @@
+"""Shared pytest fixtures: the repo root on sys.path and one tiny demo set per test session."""
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# Flat layout: tests import the top-level modules (data, models, ...) directly.
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Tiny deterministic demo set (64 px, >= 3 train images per class, 4 val per class): (train_csv, val_csv)."""
+    import data
+
+    out = tmp_path_factory.mktemp("demo")
+    train_csv, val_csv = data.make_demo(out, seed=0, min_train_per_class=3, val_per_class=4, image_size=64)
+    return Path(train_csv), Path(val_csv)

@@ -1,0 +1,410 @@
+"""Tests for data.py: index CSVs, decoding, transforms, converters, check, demo set and the CLI's bad-input answers."""
+import csv
+import os
+import re
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageFile
+
+import data
+
+ROOT = Path(__file__).resolve().parent.parent
+THESIS_ALPHA = "0.403369, 0.301054, 0.691747, 0.929849, 1.382056, 1.789801, 0.699721, 1.802404"
+
+
+def cli(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
+    """Run data.py's real __main__ block in-process (no torch re-import); returns (exit code, stdout, stderr)."""
+    old_argv = sys.argv
+    sys.argv = [str(ROOT / "data.py"), *map(str, argv)]
+    try:
+        runpy.run_path(str(ROOT / "data.py"), run_name="__main__")
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    finally:
+        sys.argv = old_argv
+    out, err = capsys.readouterr()
+    if isinstance(code, str):  # what the interpreter does with sys.exit("message")
+        err, code = err + code + "\n", 1
+    return code or 0, out, err
+
+
+def spawn(*argv: str) -> subprocess.Popen:
+    """Start data.py in a real subprocess; several run at once to share the torch import cost."""
+    return subprocess.Popen([sys.executable, "data.py", *map(str, argv)], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def assert_one_line_error(code: int, err: str, *needles: str) -> None:
+    """The CLI contract for bad input: exit 1, one stderr line starting 'error:', no traceback."""
+    assert code == 1, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+def write_csv(path: Path, rows: list, header: tuple = ("path", "label")) -> Path:
+    """Small index CSV writer for fabricated inputs."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def photo(path: Path, size: tuple[int, int], seed: int = 0, quality: int = 90) -> Path:
+    """A smooth random 'photo' JPEG: low-frequency colour blobs, like real content at JPEG quality 90."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (max(2, size[1] // 40), max(2, size[0] // 40), 3), dtype=np.uint8)
+    Image.fromarray(small).resize(size, Image.Resampling.BICUBIC).save(path, "JPEG", quality=quality)
+    return path
+
+
+def table_rows(out: str) -> list[tuple[int, str, int, float, float]]:
+    """The class rows of `check`'s table: (index, class, count, share %, alpha)."""
+    pattern = re.compile(r"^\s*(\d)\s+(\w+)\s+(\d+)\s+([\d.]+)%\s+([\d.]+)\s*$")
+    return [(int(m[1]), m[2], int(m[3]), float(m[4]), float(m[5])) for m in map(pattern.match, out.splitlines()) if m]
+
+
+# --- demo set and check ----------------------------------------------------------------------------------------------
+
+DEMO_ARGS = ("--seed", "7", "--min-train-per-class", "1", "--val-per-class", "1", "--image-size", "32")
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    """Every file under folder (relative path -> bytes)."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_demo_cli_twice_gives_identical_files(tmp_path, capsys):
+    for name in ("a", "b"):
+        code, out, err = cli(capsys, "demo", "--out", tmp_path / name, *DEMO_ARGS)
+        assert code == 0, err
+    first = tree(tmp_path / "a")
+    assert first == tree(tmp_path / "b")
+    assert len(first) == sum(data.demo_counts(1)) + 8 + 2  # train images + one val image per class + two CSVs
+    assert "train.csv" in first and "val/contempt/contempt_00000.jpg" in first
+    labels = [s.label for s in data.read_index(tmp_path / "a" / "train.csv")]
+    assert [labels.count(i) for i in range(8)] == data.demo_counts(1)
+    # A different seed really changes the pictures (the seed is not ignored).
+    data.make_demo(tmp_path / "c", seed=8, min_train_per_class=1, val_per_class=1, image_size=32)
+    image = "val/happy/happy_00000.jpg"
+    assert (tmp_path / "c" / image).read_bytes() != first[image]
+
+
+def test_demo_counts_follow_table2():
+    counts = data.demo_counts(24)
+    assert min(counts) == 24 and counts[1] == max(counts) == round(134415 * 24 / 3750)
+    ratios = np.array(counts) / np.array(data.TABLE2_COUNTS)
+    assert ratios.max() / ratios.min() < 1.05  # proportions kept up to rounding
+
+
+def test_check_demo_prints_class_table_and_alpha(demo_data, capsys):
+    train_csv, _ = demo_data
+    code, out, err = cli(capsys, "check", "--csv", train_csv)
+    assert code == 0, err
+    rows = table_rows(out)
+    assert [r[:2] for r in rows] == list(enumerate(data.CLASSES))
+    assert [r[2] for r in rows] == data.demo_counts(3)
+    alpha = [r[4] for r in rows]
+    assert len(alpha) == 8 and abs(np.mean(alpha) - 1) < 1e-5
+    assert alpha[1] == min(alpha) and alpha[7] == max(alpha)  # rarest class weighs most
+    assert abs(sum(r[3] for r in rows) - 100) < 0.1
+
+
+def test_check_table2_counts_gives_thesis_alpha(tmp_path, capsys):
+    rows = [(f"train/{i}/{n}.jpg", i) for i, count in enumerate(data.TABLE2_COUNTS) for n in range(count)]
+    train_csv = write_csv(tmp_path / "train.csv", rows)
+    code, out, err = cli(capsys, "check", "--csv", train_csv, "--no-files")
+    assert code == 0, err
+    assert THESIS_ALPHA in out
+    assert [r[2] for r in table_rows(out)] == list(data.TABLE2_COUNTS)
+
+
+# --- bad input: one line on stderr, exit 1, no traceback -------------------------------------------------------------
+
+def test_real_processes(tmp_path, capsys):
+    """The interpreter-level contract (one stderr line, exit 1, no traceback), including a corrupt image met inside
+    a DataLoader worker; and a demo set made in another process is byte-identical to one made here."""
+    photo(tmp_path / "good.jpg", (80, 80))
+    (tmp_path / "bad.jpg").write_bytes((tmp_path / "good.jpg").read_bytes()[:300])
+    index = write_csv(tmp_path / "index.csv", [("good.jpg", 1), ("bad.jpg", 2)])
+    # Started together so the three torch imports overlap.
+    missing = spawn("check", "--csv", tmp_path / "nope.csv")
+    worker = spawn("bench", "--csv", index, "--img-size", "32", "--workers", "1", "--batch-size", "1")
+    demo = spawn("demo", "--out", tmp_path / "demo_other", *DEMO_ARGS)
+    code, out, err = cli(capsys, "demo", "--out", tmp_path / "demo_here", *DEMO_ARGS)
+    assert code == 0, err
+    _, err = missing.communicate(timeout=300)
+    assert_one_line_error(missing.returncode, err, "index CSV not found", "nope.csv")
+    _, err = worker.communicate(timeout=300)
+    assert_one_line_error(worker.returncode, err, "bad.jpg (CSV line 3)")
+    assert err.startswith(f"error: cannot decode image {tmp_path / 'bad.jpg'} (CSV line 3): ")
+    _, err = demo.communicate(timeout=300)
+    assert demo.returncode == 0, err
+    assert tree(tmp_path / "demo_other") == tree(tmp_path / "demo_here")
+
+
+@pytest.mark.parametrize("content, needles", [
+    (None, ["index CSV not found"]),
+    ("", ["empty CSV"]),
+    ("path,label\n", ["empty CSV"]),
+    ("path,target\na.jpg,1\n", ["missing required column", "label"]),
+    ("path,label\na.jpg,1\nb.jpg,x\nc.jpg,8\n", ["line 3", "'x'", "not an integer in 0-7"]),
+    ("path,label,face_x,face_y,face_width,face_height\na.jpg,1,0,0,0,10\n", ["line 2", "non-positive"]),
+])
+def test_check_rejects_bad_csv(tmp_path, capsys, content, needles):
+    csv_path = tmp_path / "index.csv"
+    if content is not None:
+        csv_path.write_text(content)
+    code, out, err = cli(capsys, "check", "--csv", csv_path, "--no-files")
+    assert_one_line_error(code, err, *needles)
+    with pytest.raises(data.DataError, match=re.escape(needles[-1])):
+        data.read_index(csv_path, check_files=False)
+
+
+def test_check_reports_every_bad_label_line(tmp_path, capsys):
+    rows = [("b.jpg", "x"), ("c.jpg", -1), ("d.jpg", 3.5)] + [(f"{i}.jpg", i) for i in range(8)]
+    csv_path = write_csv(tmp_path / "index.csv", rows)
+    code, out, err = cli(capsys, "check", "--csv", csv_path, "--no-files")
+    assert_one_line_error(code, err, "3 problem(s)")
+    for line in (2, 3, 4):
+        assert f"line {line}: label" in out
+
+
+def test_missing_files_reported_with_count_and_first_ten(tmp_path, capsys):
+    photo(tmp_path / "present.jpg", (40, 40))
+    rows = [("present.jpg", 0)] + [(f"gone_{i}.jpg", i % 8) for i in range(12)]
+    csv_path = write_csv(tmp_path / "index.csv", rows)
+    code, out, err = cli(capsys, "check", "--csv", csv_path)
+    assert_one_line_error(code, err, "12 of 13 image files are missing", "line 3:", "gone_0.jpg", "line 12:")
+    assert "line 13:" not in err and "gone_10.jpg" not in err  # only the first ten
+    with pytest.raises(data.DataError, match="12 of 13"):
+        data.read_index(csv_path)
+    assert len(data.read_index(csv_path, check_files=False)) == 13
+
+
+def test_corrupt_image_and_box_outside(tmp_path, capsys):
+    photo(tmp_path / "ok.jpg", (100, 80))
+    (tmp_path / "corrupt.jpg").write_bytes((tmp_path / "ok.jpg").read_bytes()[:400])
+    (tmp_path / "text.jpg").write_text("not an image")
+    rows = [("ok.jpg", 0, 10, 10, 50, 50), ("corrupt.jpg", 1, "", "", "", ""), ("text.jpg", 2, "", "", "", ""),
+            ("ok.jpg", 3, 100, 10, 20, 20), ("ok.jpg", 4, -30, -30, 20, 20)]
+    csv_path = write_csv(tmp_path / "index.csv", rows, ("path", "label", *data.BOX_COLUMNS))
+    code, out, err = cli(capsys, "check", "--csv", csv_path, "--decode", "--img-size", "32")
+    assert_one_line_error(code, err, "corrupt.jpg (CSV line 3)")
+    assert "decoded 5 images: 4 failed" in out
+    problems = [line for line in out.splitlines() if line.startswith("problem:") and "alpha" not in line]
+    assert len(problems) == 4
+    assert any("corrupt.jpg (CSV line 3)" in p for p in problems)
+    assert any("text.jpg (CSV line 4)" in p for p in problems)
+    assert any("outside" in p and "(CSV line 5)" in p for p in problems)
+    assert any("outside" in p and "(CSV line 6)" in p for p in problems)
+
+    samples = data.read_index(csv_path)
+    dataset = data.FaceDataset(samples, img_size=32)
+    assert dataset[0][0].shape == (3, 32, 32)
+    with pytest.raises(data.DataError, match=r"outside the 100x80 image .*ok.jpg \(CSV line 5\)"):
+        dataset[3]
+    with pytest.raises(data.DataError, match=r"cannot decode image .*corrupt.jpg \(CSV line 3\)"):
+        dataset[1]
+    # (Inside a DataLoader worker: see test_real_processes; in-process, torch's worker shutdown after an error
+    # waits 5 s, so that path runs where it overlaps other work.)
+
+
+def test_data_error_compacts_a_worker_reraise():
+    # The text DataLoader builds when it re-raises a worker's exception in the main process.
+    reraised = ("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+                '  File "x.py", line 1, in f\n    raise DataError(msg)\n'
+                "data.DataError: cannot decode image a.jpg (CSV line 7): broken data stream\n")
+    assert str(data.DataError(reraised)) == "cannot decode image a.jpg (CSV line 7): broken data stream"
+    assert str(data.DataError("Caught you: a plain message")) == "Caught you: a plain message"
+
+
+def test_zero_count_class_is_a_clear_error_for_alpha(tmp_path, capsys):
+    csv_path = write_csv(tmp_path / "index.csv", [(f"{i}.jpg", i) for i in range(7)])  # no contempt
+    code, out, err = cli(capsys, "check", "--csv", csv_path, "--no-files")
+    assert_one_line_error(code, err, "7 contempt")
+
+
+# --- converters ------------------------------------------------------------------------------------------------------
+
+def test_affectnet_converter(tmp_path, capsys):
+    header = ("subDirectory_filePath", "face_x", "face_y", "face_width", "face_height", "facial_landmarks",
+              "expression", "valence", "arousal")
+    lm = "1.0;2.0;3.0;4.0"  # the real file quotes landmark lists like this
+    rows = [("689/a.jpg", 10, 20, 100, 120, lm, 0, 0.1, 0.2), ("689/b.jpg", 0, 0, 50, 50, lm, 7, 0, 0),
+            ("12/c.jpg", 5, 5, 60, 60, lm, 3, 0, 0),
+            ("1/d.jpg", 1, 1, 10, 10, lm, 8, 0, 0), ("1/e.jpg", 1, 1, 10, 10, lm, 9, 0, 0),
+            ("1/f.jpg", 1, 1, 10, 10, lm, 10, 0, 0), ("1/g.jpg", 1, 1, 0, 10, lm, 2, 0, 0),
+            ("1/h.jpg", 1, 1, 10, -5, lm, 2, 0, 0), ("1/i.jpg", 1, 1, 10, 10, lm, "x", 0, 0)]
+    source = write_csv(tmp_path / "training.csv", rows, header)
+    out_csv = tmp_path / "index" / "train.csv"
+    code, out, err = cli(capsys, "affectnet", "--csv", source, "--images-root", tmp_path / "Manually_Annotated",
+                         "--out", out_csv)
+    assert code == 0, err
+    assert "kept 3, dropped 6" in out
+    assert "dropped 2: non-positive face box" in out
+    assert "dropped 1: expression 8 (None)" in out and "expression 10 (No-Face)" in out
+    assert "dropped 1: expression is not an integer" in out
+    written = list(csv.DictReader(open(out_csv)))
+    assert list(written[0]) == ["path", "label", *data.BOX_COLUMNS]
+    assert [r["label"] for r in written] == ["0", "7", "3"]
+    assert written[0]["path"] == "../Manually_Annotated/689/a.jpg"  # resolves from the index's folder
+    assert (written[0]["face_x"], written[0]["face_height"]) == ("10", "120")
+    samples = data.read_index(out_csv, check_files=False)
+    assert samples[0].file == str(out_csv.parent / "../Manually_Annotated/689/a.jpg")
+    assert samples[0].box == (10, 20, 100, 120)
+
+    code, out, err = cli(capsys, "affectnet", "--csv", source, "--out", tmp_path / "plain.csv")
+    assert code == 0 and [r["path"] for r in csv.DictReader(open(tmp_path / "plain.csv"))][0] == "689/a.jpg"
+
+
+def test_affectnet_npy_converter(tmp_path, capsys):
+    split = tmp_path / "train_set"
+    (split / "images").mkdir(parents=True)
+    (split / "annotations").mkdir()
+    for n in (0, 1, 2, 3, 10, 11):
+        photo(split / "images" / f"{n}.jpg", (16, 16), seed=n)
+    np.save(split / "annotations" / "0_exp.npy", np.array("3"))  # the release stores strings
+    np.save(split / "annotations" / "1_exp.npy", np.array(6))  # some copies store integers
+    np.save(split / "annotations" / "2_exp.npy", np.array("7"))
+    np.save(split / "annotations" / "10_exp.npy", np.array("9"))  # outside AffectNet-8
+    (split / "annotations" / "11_exp.npy").write_bytes(b"garbage")
+    np.save(split / "annotations" / "99_exp.npy", np.array("1"))  # annotation without image; 3.jpg has none
+    out_csv = tmp_path / "train.csv"
+    code, out, err = cli(capsys, "affectnet-npy", "--split-dir", split, "--out", out_csv)
+    assert code == 0, err
+    assert "kept 3, dropped 4" in out
+    assert "dropped 1: image without <n>_exp.npy annotation" in out
+    assert "dropped 1: annotation outside 0-7" in out
+    assert "dropped 1: unreadable annotation" in out
+    assert "dropped 1: annotation without an image" in out
+    samples = data.read_index(out_csv)
+    assert [(s.path, s.label) for s in samples] == [("train_set/images/0.jpg", 3), ("train_set/images/1.jpg", 6),
+                                                    ("train_set/images/2.jpg", 7)]
+
+
+def test_folder_converter_maps_names_not_sort_order(tmp_path, capsys):
+    # Alphabetical order (anger, contempt, disgust, ...) with mixed case and variants must map by name.
+    names = {"Anger": 6, "contempt": 7, "DISGUSTED": 5, "fearful": 4, "Happiness": 1, "neutral": 0, "sadness": 2,
+             "surprise": 3}
+    for i, name in enumerate(sorted(names)):
+        (tmp_path / "root" / name).mkdir(parents=True)
+        photo(tmp_path / "root" / name / f"img{i}.jpg", (16, 16), seed=i)
+    (tmp_path / "root" / "neutral" / "notes.txt").write_text("not an image")
+    out_csv = tmp_path / "train.csv"
+    code, out, err = cli(capsys, "folder", "--root", tmp_path / "root", "--out", out_csv)
+    assert code == 0, err
+    assert "kept 8, dropped 1" in out and "not an image file extension" in out
+    got = {s.path.split("/")[1]: s.label for s in data.read_index(out_csv)}
+    assert got == names
+
+    for i in range(8):  # folders named by index
+        (tmp_path / "by_index" / str(i)).mkdir(parents=True)
+        photo(tmp_path / "by_index" / str(i) / "x.jpg", (16, 16))
+    code, out, err = cli(capsys, "folder", "--root", tmp_path / "by_index", "--out", tmp_path / "idx.csv")
+    assert code == 0, err
+    assert [(s.path, s.label) for s in data.read_index(tmp_path / "idx.csv")] == [(f"by_index/{i}/x.jpg", i)
+                                                                                   for i in range(8)]
+    (tmp_path / "root" / "joy").mkdir()
+    code, out, err = cli(capsys, "folder", "--root", tmp_path / "root", "--out", tmp_path / "bad.csv")
+    assert_one_line_error(code, err, "unknown class folder name(s) joy", "Anger", "surprise")
+    assert not (tmp_path / "bad.csv").exists()
+
+
+# --- decoding, transforms, loader ------------------------------------------------------------------------------------
+
+def test_val_transform_is_resize_totensor_normalise_and_deterministic(demo_data):
+    samples = data.read_index(demo_data[1])
+    dataset = data.FaceDataset(samples, img_size=48, train=False)
+    image, label = dataset[5]
+    assert image.shape == (3, 48, 48) and image.dtype == torch.float32 and label == samples[5].label
+    assert torch.equal(image, dataset[5][0])
+    with Image.open(samples[5].file) as im:
+        expected = np.asarray(im.convert("RGB").resize((48, 48), Image.Resampling.BILINEAR), dtype=np.float32) / 255
+    expected = (expected - np.array(data.IMAGENET_MEAN)) / np.array(data.IMAGENET_STD)
+    assert np.abs(image.permute(1, 2, 0).numpy() - expected).max() < 0.05
+
+
+def test_train_transform_flips_and_jitters(demo_data):
+    sample = data.read_index(demo_data[0])[0]
+    val = data.FaceDataset([sample], img_size=32, train=False)[0][0]
+    train = data.FaceDataset([sample], img_size=32, train=True)
+    torch.manual_seed(0)
+    draws = [train[0][0] for _ in range(12)]
+    assert all(d.shape == (3, 32, 32) for d in draws)
+    assert not any(torch.equal(d, val) for d in draws)  # jitter always perturbs
+    closer_to_flip = [(d - val.flip(-1)).abs().mean() < (d - val).abs().mean() for d in draws]
+    assert 0 < sum(closer_to_flip) < 12  # some mirrored, some not
+    torch.manual_seed(0)
+    assert torch.equal(train[0][0], draws[0])  # reproducible from the seed
+
+
+def test_face_box_is_cropped_and_clamped(tmp_path):
+    pixels = np.zeros((100, 200, 3), np.uint8)
+    pixels[:, :100] = (255, 0, 0)
+    pixels[:, 100:] = (0, 0, 255)
+    Image.fromarray(pixels).save(tmp_path / "two.png")
+    red = data.Sample("two.png", str(tmp_path / "two.png"), 0, (10, 10, 60, 80), 2)
+    crop = data.load_face(red)
+    assert crop.size == (60, 80) and np.asarray(crop)[..., 0].min() == 255
+    clamped = data.Sample("two.png", str(tmp_path / "two.png"), 0, (150, -20, 100, 70), 3)
+    crop = data.load_face(clamped)
+    assert crop.size == (50, 50) and np.asarray(crop)[..., 2].min() == 255
+    tensor = data.FaceDataset([red], img_size=16)[0][0]
+    mean, std = torch.tensor(data.IMAGENET_MEAN), torch.tensor(data.IMAGENET_STD)
+    assert torch.allclose(tensor.mean((1, 2)) * std + mean, torch.tensor([1.0, 0.0, 0.0]), atol=0.01)
+
+
+def test_reduced_scale_decoding_matches_plain(tmp_path, monkeypatch):
+    photo(tmp_path / "big.jpg", (1200, 900))
+    sample = data.Sample("big.jpg", str(tmp_path / "big.jpg"), 0, (300, 200, 600, 640), 2)
+    # The box must keep >= S px: 600 / 8 = 75 >= 64, so S=64 decodes at 1/8; 600 / 4 = 150 < 224, so S=224 gets 1/2.
+    assert data._draft_scale(600, 640, 64) == 8 and data._draft_scale(600, 640, 224) == 2
+    assert data._draft_scale(600, 640, 301) == 1
+    decoded = []
+    load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda im: (decoded.append(im.size), load(im))[1])
+    draft = data.FaceDataset([sample], img_size=64, draft=True)[0][0]
+    plain = data.FaceDataset([sample], img_size=64, draft=False)[0][0]
+    assert decoded[0] == (150, 113) and decoded[-1] == (1200, 900)  # 1/8 scale really used, and not for plain
+    diff = (draft - plain).abs() * torch.tensor(data.IMAGENET_STD).view(3, 1, 1) * 255
+    assert diff.mean() < 2.0 and diff.max() < 12  # in 0-255 pixel levels
+    Image.open(tmp_path / "big.jpg").save(tmp_path / "big.png")
+    decoded.clear()
+    data.load_face(data.Sample("big.png", str(tmp_path / "big.png"), 0, (300, 200, 600, 640), 2), 64)
+    assert decoded[0] == (1200, 900)  # only JPEGs have a reduced-scale decoder
+
+
+def test_make_loader_is_seeded(demo_data):
+    dataset = data.FaceDataset(data.read_index(demo_data[1]), img_size=16)
+    order = lambda seed: torch.cat([y for _, y in data.make_loader(dataset, 8, 0, shuffle=True, seed=seed)])
+    first = order(1)
+    assert torch.equal(first, order(1)) and not torch.equal(first, order(2))
+    assert sorted(first.tolist()) == sorted(s.label for s in dataset.samples)
+
+
+# --- atomic_write ----------------------------------------------------------------------------------------------------
+
+def test_atomic_write_keeps_old_file_on_error(tmp_path):
+    target = tmp_path / "sub" / "out.csv"
+    with data.atomic_write(target) as f:
+        f.write("old\n")
+    with pytest.raises(RuntimeError):
+        with data.atomic_write(target) as f:
+            f.write("half-written")
+            raise RuntimeError("crash mid-write")
+    assert target.read_text() == "old\n"
+    assert os.listdir(target.parent) == ["out.csv"]  # no temp file left behind
+    with data.atomic_write(target, "wb") as f:
+        f.write(b"new")
+    assert target.read_bytes() == b"new"
