@@ -1,0 +1,685 @@
+"""Facial expressions on images, folders, videos and a camera with a trained checkpoint.
+
+    python predict.py --ckpt best.pt INPUT ... [--camera N] [--detect] [--tta hflip] [--annotate] [--out DIR]
+
+Images are face crops by default, read exactly as evaluate.py reads them; with --detect, faces are found first
+(OpenCV's frontal-face Haar cascade) and each is classified. Videos and the camera always detect: all faces of a
+frame run as one batch, faces are tracked frame to frame and each track's probabilities are smoothed over time.
+Writes OUT/predictions.csv, one row per image or frame and face: file, frame, track (face id in a video), the
+face box face_x, face_y, face_w, face_h (the whole image for a crop), label (predicted class index), name (its
+class name) and prob_<class> for every class (smoothed over time for videos); with --annotate, annotated copies.
+OpenCV (requirements-video.txt) is only needed for --detect, videos and the camera.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+import data
+import models
+
+VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
+INSTALL_HINT = "pip install -r requirements-video.txt"
+HAAR_CASCADE = "haarcascade_frontalface_default.xml"
+# Face batches are padded up to one of these sizes for the compiled path, so a video with 1-8 faces per frame
+# compiles at most four graphs instead of one per face count; larger batches run in chunks of the largest.
+FAST_BUCKETS: tuple[int, ...] = (1, 2, 4, 8)
+
+Box = tuple[int, int, int, int]  # x, y, w, h in pixels
+
+
+def import_cv2(feature: str) -> Any:
+    """OpenCV, imported on first use; a one-line DataError naming `feature` when it is not installed."""
+    # OpenCV and FFmpeg would print their own warnings about a broken file or an absent camera ahead of our
+    # one-line error; keep them quiet unless the user asked for them.
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    try:
+        import cv2
+    except ImportError:
+        raise data.DataError(f"{feature} needs OpenCV: {INSTALL_HINT}") from None
+    return cv2
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Source:
+    """One thing to predict on: kind "image" | "video" | "camera", its path (or camera index), its name in the CSV
+    and its relative name for annotated copies (a folder input keeps its sub-folders)."""
+
+    kind: str
+    path: str
+    name: str
+    rel: str
+
+
+def _kind(path: Path) -> str | None:
+    """"image" / "video" by extension, None for anything else."""
+    suffix = path.suffix.lower()
+    if suffix in data.IMAGE_EXTENSIONS:
+        return "image"
+    return "video" if suffix in VIDEO_EXTENSIONS else None
+
+
+def collect_sources(inputs: Sequence[str], camera: int | None, out_dir: Path) -> list[Source]:
+    """Expand files and folders (recursively, skipping out_dir) into sources; the camera comes last."""
+    sources: list[Source] = []
+    out_dir = out_dir.resolve()
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = [p for p in sorted(path.rglob("*"))
+                     if p.is_file() and _kind(p) and out_dir not in p.resolve().parents]
+            if not found:
+                raise data.DataError(f"no images or videos in folder {item} "
+                                     f"(looked for {', '.join(data.IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)})")
+            top = path.resolve().name or "input"
+            sources += [Source(_kind(p), str(p), str(p), str(Path(top, p.relative_to(path)))) for p in found]
+        elif path.is_file():
+            kind = _kind(path)
+            if kind is None:
+                raise data.DataError(f"{item}: not an image or video file (known extensions: "
+                                     f"{', '.join(data.IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)})")
+            sources.append(Source(kind, str(path), item, path.name))
+        else:
+            raise data.DataError(f"input not found: {item}")
+    if camera is not None:
+        sources.append(Source("camera", str(camera), f"camera:{camera}", f"camera{camera}"))
+    if not sources:
+        raise data.DataError("nothing to do: give image / video files or folders, or --camera N")
+    return sources
+
+
+def image_size(path: str) -> tuple[int, int]:
+    """(width, height) of an image, failing early with a one-line error naming the file (reads the header only)."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise data.DataError(f"cannot read image {path}: {err}") from None
+
+
+def check_video(cv2: Any, path: str) -> None:
+    """Fail early, naming the file, when OpenCV cannot open a video."""
+    capture = cv2.VideoCapture(path)
+    opened = capture.isOpened()
+    capture.release()
+    if not opened:
+        raise data.DataError(f"cannot open video {path} (not a video, damaged, or a codec OpenCV lacks)")
+
+
+def read_gray(path: str, max_side: int) -> tuple[np.ndarray, float]:
+    """The image as uint8 grayscale for the detector (JPEGs decoded at reduced scale, >= max_side px) and the
+    factor from its pixels back to the full image's."""
+    try:
+        with Image.open(path) as im:
+            full_w = im.size[0]
+            im.draft("L", (max_side, max_side))  # no-op for formats other than JPEG
+            gray = np.asarray(im.convert("L"))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise data.DataError(f"cannot read image {path}: {err}") from None
+    return gray, full_w / gray.shape[1]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Detection, crops, tracking
+# ---------------------------------------------------------------------------------------------------------------------
+
+class FaceDetector:
+    """OpenCV's frontal-face Haar cascade, which ships inside the cv2 package (nothing to download)."""
+
+    def __init__(self, cv2: Any, min_face: int = 40, max_side: int = 640) -> None:
+        if not hasattr(cv2, "CascadeClassifier"):  # OpenCV 5 moved the cascades out of the main package
+            raise data.DataError(f"face detection needs OpenCV 4 with its Haar cascades, found OpenCV "
+                                 f"{cv2.__version__}: {INSTALL_HINT}")
+        path = os.path.join(cv2.data.haarcascades, HAAR_CASCADE)
+        self.cascade = cv2.CascadeClassifier(path)
+        if self.cascade.empty():
+            raise data.DataError(f"cannot load the face detector {path}: reinstall OpenCV ({INSTALL_HINT})")
+        self.cv2, self.min_face, self.max_side = cv2, min_face, max_side
+
+    def __call__(self, gray: np.ndarray) -> list[Box]:
+        """Face boxes (x, y, w, h) in a uint8 grayscale image, left to right."""
+        cv2 = self.cv2
+        # Large frames are searched at <= max_side px: the cascade's cost grows with pixels, not with faces.
+        scale = min(1.0, self.max_side / max(gray.shape))
+        if scale < 1.0:
+            gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        gray = cv2.equalizeHist(gray)
+        min_side = max(24, round(self.min_face * scale))  # 24 px is the cascade's own window
+        faces = self.cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(min_side, min_side))
+        boxes = [tuple(int(round(v / scale)) for v in face) for face in faces]
+        return sorted(boxes)
+
+
+def expand_box(box: Box, margin: float, width: int, height: int) -> Box:
+    """The box grown by `margin` of its size on each side, clamped to the image."""
+    x, y, w, h = box
+    left, top = max(0, round(x - margin * w)), max(0, round(y - margin * h))
+    right, bottom = min(width, round(x + w + margin * w)), min(height, round(y + h + margin * h))
+    return left, top, right - left, bottom - top
+
+
+def iou(a: Box, b: Box) -> float:
+    """Intersection over union of two (x, y, w, h) boxes."""
+    iw = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
+    ih = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
+    inter = max(0, iw) * max(0, ih)
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return inter / union if union > 0 else 0.0
+
+
+@dataclass
+class Track:
+    """One face followed over frames: id, last box, smoothed probabilities, last frame it was seen."""
+
+    id: int
+    box: Box
+    probs: np.ndarray
+    last_seen: int
+
+
+@dataclass
+class FaceTracker:
+    """Matches each frame's faces to the tracks of earlier frames and smooths each track's probabilities.
+
+    Matching is greedy on IoU (>= min_iou), falling back to centre distance (< half the face size) for fast
+    motion; unmatched faces start new tracks, and tracks unseen for max_missed frames are dropped.
+    Smoothing is an exponential moving average: p = alpha * p_previous + (1 - alpha) * p_frame (alpha 0 = off).
+    """
+
+    alpha: float = 0.6
+    min_iou: float = 0.2
+    max_missed: int = 10
+    tracks: list[Track] = field(default_factory=list)
+    next_id: int = 0
+
+    def _score(self, track: Track, box: Box) -> float:
+        """IoU if the boxes overlap enough, a token score for a near centre, else 0 (no match)."""
+        overlap = iou(track.box, box)
+        if overlap >= self.min_iou:
+            return overlap
+        (tx, ty, tw, th), (x, y, w, h) = track.box, box
+        distance = np.hypot(tx + tw / 2 - x - w / 2, ty + th / 2 - y - h / 2)
+        return 1e-3 if distance < 0.5 * max(tw, th, w, h) else 0.0
+
+    def update(self, frame: int, boxes: Sequence[Box], probs: np.ndarray) -> list[Track]:
+        """Assign this frame's faces (boxes, probs [N, C]) to tracks; returns their tracks in the order of boxes."""
+        self.tracks = [t for t in self.tracks if frame - t.last_seen <= self.max_missed]
+        pairs = sorted(((self._score(t, b), ti, bi) for ti, t in enumerate(self.tracks) for bi, b in enumerate(boxes)),
+                       reverse=True)
+        assigned: dict[int, Track] = {}
+        used: set[int] = set()
+        for score, ti, bi in pairs:
+            if score <= 0 or ti in used or bi in assigned:
+                continue
+            track = self.tracks[ti]
+            track.box, track.last_seen = boxes[bi], frame
+            track.probs = self.alpha * track.probs + (1 - self.alpha) * probs[bi]
+            assigned[bi] = track
+            used.add(ti)
+        for bi, box in enumerate(boxes):
+            if bi not in assigned:
+                assigned[bi] = Track(self.next_id, box, np.asarray(probs[bi], dtype=np.float64), frame)
+                self.tracks.append(assigned[bi])
+                self.next_id += 1
+        return [assigned[bi] for bi in range(len(boxes))]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The model on face batches
+# ---------------------------------------------------------------------------------------------------------------------
+
+class FaceClassifier:
+    """The checkpoint's model on batches of normalised face crops -> probabilities, eager or models.make_fast.
+
+    The compiled path is built per padded batch size (FAST_BUCKETS); time spent in each bucket's first call
+    (compilation, CUDA-graph capture) is kept apart in `warmup_s`, so model-only FPS measures steady state.
+    """
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, img_size: int, fast: bool,
+                 hflip: bool, amp: bool) -> None:
+        self.model, self.device, self.img_size, self.fast, self.hflip = model, device, img_size, fast, hflip
+        self.amp = amp and device.type == "cuda"  # as models.predict_views: bfloat16 on CPU would change the logits
+        self.compiled: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {}
+        self.model_s = 0.0
+        self.model_calls = 0  # timed calls (batches), one-off compiling calls left out
+        self.warmup_s = 0.0
+
+    def _sync(self) -> None:
+        """Wait for queued GPU work, so timings cover it."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _compiled(self, bucket: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The fast path for batches of exactly `bucket` images, built (and compiled) on first use."""
+        if bucket not in self.compiled:
+            example = torch.zeros(bucket, 3, self.img_size, self.img_size, device=self.device)
+            self.compiled[bucket] = models.make_fast(self.model, self.device, example)
+        return self.compiled[bucket]
+
+    def _run_fast(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits through the fast path: chunks of <= 8, each zero-padded up to its bucket size."""
+        largest = FAST_BUCKETS[-1]
+        outputs = []
+        for chunk in x.split(largest):
+            n = chunk.shape[0]
+            bucket = next(b for b in FAST_BUCKETS if b >= n)
+            if n < bucket:
+                chunk = torch.cat([chunk, chunk.new_zeros(bucket - n, *chunk.shape[1:])])
+            outputs.append(self._compiled(bucket)(chunk)[:n].float())
+        return torch.cat(outputs)
+
+    @torch.inference_mode()
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Float32 logits [B, C] on the device for images [B, 3, S, S] (flip TTA averages image and mirror)."""
+        n = x.shape[0]
+        if self.hflip:  # as models.predict_views: one forward over image + mirror, logits averaged
+            x = torch.cat([x, torch.flip(x, dims=[3])])
+        if self.fast:
+            out = self._run_fast(x)
+        else:
+            with models.autocast(self.device, self.amp):
+                out = self.model(x).float()
+        return out if not self.hflip else torch.stack([out[:n], out[n:]]).mean(dim=0)
+
+    def describe(self) -> str:
+        """Which path runs the model, e.g. 'eager float32' or make_fast's variant."""
+        if self.fast and self.compiled:
+            return "fast: " + getattr(next(iter(self.compiled.values())), "variant", "make_fast")
+        return "eager " + ("float16 autocast" if self.amp else "float32")
+
+    def warm_up(self, batch: int = 1) -> None:
+        """Build and run the path for `batch` faces once, so its one-off cost is not timed as model time."""
+        start = time.perf_counter()
+        self.logits(torch.zeros(batch, 3, self.img_size, self.img_size, device=self.device))
+        self._sync()
+        self.warmup_s += time.perf_counter() - start
+
+    def __call__(self, crops: torch.Tensor) -> np.ndarray:
+        """Probabilities [B, C] (float64 NumPy) for a CPU batch of normalised crops; adds to model_s."""
+        built = len(self.compiled)
+        self._sync()
+        start = time.perf_counter()
+        probs = torch.softmax(self.logits(crops.to(self.device, non_blocking=True)), dim=1).cpu().double().numpy()
+        elapsed = time.perf_counter() - start
+        if len(self.compiled) > built:  # this call compiled a new batch size: one-off, not steady state
+            self.warmup_s += elapsed
+        else:
+            self.model_s += elapsed
+            self.model_calls += 1
+        return probs
+
+
+def use_fast_path(choice: str, device: torch.device) -> bool:
+    """--fast auto: the compiled path on CUDA only. On a CPU it was ~1.2x faster at 224 px here but costs 10-20 s
+    of compilation per face-batch size, which only a long video or camera session earns back (--fast on)."""
+    if choice == "auto":
+        return device.type == "cuda"
+    return choice == "on"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Output: CSV rows and annotation
+# ---------------------------------------------------------------------------------------------------------------------
+
+def csv_columns(classes: Sequence[str]) -> list[str]:
+    """predictions.csv header: where the face is, the predicted label and name, one probability per class."""
+    return ["file", "frame", "track", "face_x", "face_y", "face_w", "face_h", "label", "name"] + \
+        [f"prob_{c}" for c in classes]
+
+
+def csv_row(name: str, frame: int, track: int | str, box: Box, probs: np.ndarray,
+            classes: Sequence[str]) -> list[Any]:
+    """One predictions.csv row."""
+    label = int(np.argmax(probs))
+    return [name, frame, track, *box, label, classes[label]] + [f"{p:.6f}" for p in probs]
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    """Pillow's built-in font at `size` px (no font file needed)."""
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has only the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def draw_faces(image: Image.Image, faces: Sequence[tuple[Box, str]]) -> Image.Image:
+    """The image with a box and a caption drawn for each face."""
+    image = image.convert("RGB")
+    draw = ImageDraw.Draw(image)
+    width = max(2, round(min(image.size) / 200))
+    font = _font(max(12, round(min(image.size) / 30)))
+    for (x, y, w, h), text in faces:
+        draw.rectangle((x, y, x + w - 1, y + h - 1), outline=(0, 255, 0), width=width)
+        left, top, right, bottom = draw.textbbox((x, y), text, font=font)
+        ty = y - (bottom - top) - 2 * width if y - (bottom - top) - 2 * width >= 0 else y + h
+        draw.rectangle((x, ty, x + right - left + 2 * width, ty + bottom - top + 2 * width), fill=(0, 255, 0))
+        draw.text((x + width - (left - x), ty + width - (top - y)), text, fill=(0, 0, 0), font=font)
+    return image
+
+
+def caption(probs: np.ndarray, classes: Sequence[str], track: int | None = None) -> str:
+    """'happy 0.83' (with '#id ' for a tracked face)."""
+    label = int(np.argmax(probs))
+    prefix = f"#{track} " if track is not None else ""
+    return f"{prefix}{classes[label]} {probs[label]:.2f}"
+
+
+class OutputNames:
+    """Unique file names under OUT/annotated (two inputs with the same name get _1, _2, ...)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.used = root, set()
+
+    def __call__(self, rel: str, suffix: str) -> Path:
+        """A fresh path for a source's relative name with the given suffix."""
+        base = self.root / Path(rel).with_suffix("")
+        path, n = base.with_suffix(suffix), 1
+        while path in self.used:
+            path, n = base.with_name(f"{base.name}_{n}").with_suffix(suffix), n + 1
+        self.used.add(path)
+        return path
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Images
+# ---------------------------------------------------------------------------------------------------------------------
+
+def predict_images(sources: Sequence[Source], model: torch.nn.Module, device: torch.device, img_size: int,
+                   classes: Sequence[str], args: argparse.Namespace, detector: FaceDetector | None,
+                   names: OutputNames | None) -> list[list[Any]]:
+    """CSV rows for image sources; faces read through data.FaceDataset and models.predict_logits (as evaluate.py)."""
+    samples: list[data.Sample] = []
+    faces: list[tuple[int, Box]] = []  # per sample: its source and the box reported for it
+    meter = data.Progress(len(sources), "detecting faces") if detector is not None else None
+    for i, src in enumerate(sources):
+        width, height = image_size(src.path)
+        if detector is None:
+            boxes, crops = [(0, 0, width, height)], [None]
+        else:
+            gray, scale = read_gray(src.path, detector.max_side)
+            boxes = [tuple(round(v * scale) for v in box) for box in detector(gray)]
+            crops = [expand_box(box, args.margin, width, height) for box in boxes]
+            meter.step()
+        # line=0: these samples come from no CSV; label 0 is a placeholder the model never sees.
+        samples += [data.Sample(path=src.name, file=src.path, label=0, box=crop, line=0) for crop in crops]
+        faces += [(i, box) for box in boxes]
+    if detector is not None:
+        without = len(sources) - len({i for i, _ in faces})
+        print(f"{len(faces)} faces in {len(sources)} images ({without} without a face)", flush=True)
+    probs = np.zeros((0, len(classes)))
+    if samples:
+        loader = data.make_loader(data.FaceDataset(samples, img_size, train=False), args.batch_size, args.workers)
+        logits, _ = models.predict_logits(model, loader, device, amp=args.amp, hflip=args.tta == "hflip",
+                                          progress="images")
+        probs = torch.softmax(logits, dim=1).double().numpy()
+    rows = [csv_row(sources[i].name, 0, "", box, p, classes) for (i, box), p in zip(faces, probs)]
+    if names is not None:
+        drawn: dict[int, list[tuple[Box, str]]] = {}
+        for (i, box), p in zip(faces, probs):
+            drawn.setdefault(i, []).append((box, caption(p, classes)))
+        for i, src in enumerate(sources):
+            _save_annotated(src, drawn.get(i, []), names)
+    return rows
+
+
+def _save_annotated(src: Source, faces: list[tuple[Box, str]], names: OutputNames) -> None:
+    """Write OUT/annotated/<name> with the faces drawn (JPEG stays JPEG, anything else becomes PNG)."""
+    suffix = Path(src.path).suffix.lower()
+    jpeg = suffix in (".jpg", ".jpeg")
+    path = names(src.rel, suffix if jpeg else ".png")
+    with Image.open(src.path) as im:
+        annotated = draw_faces(im, faces)
+    with data.atomic_write(path, "wb") as f:
+        annotated.save(f, format="JPEG" if jpeg else "PNG", quality=95)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Videos and the camera
+# ---------------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class VideoStats:
+    """Counts and timings of one video, for the FPS summary."""
+
+    frames: int = 0
+    analysed: int = 0
+    faces: int = 0
+    model_calls: int = 0
+    seconds: float = 0.0
+    detect_s: float = 0.0
+    model_s: float = 0.0
+    warmup_s: float = 0.0
+
+    def summary(self, name: str) -> str:
+        """One line: end-to-end FPS and model-only FPS (one-off compilation left out of both)."""
+        wall = max(self.seconds - self.warmup_s, 1e-9)
+        model = (f"model {1000 * self.model_s / self.model_calls:.1f} ms per frame with faces = "
+                 f"{self.model_calls / self.model_s:.1f} FPS model-only" if self.model_calls else "model-only: no face")
+        warm = f"; {self.warmup_s:.1f} s one-off warm-up left out" if self.warmup_s > 0.05 else ""
+        detect = f"detection {1000 * self.detect_s / self.analysed:.1f} ms/frame; " if self.analysed else ""
+        return (f"{name}: {self.frames} frames ({self.analysed} analysed, {self.faces} faces) in {wall:.1f} s: "
+                f"{self.frames / wall:.1f} FPS end to end; {detect}{model}{warm}")
+
+
+def predict_video(src: Source, cv2: Any, classifier: FaceClassifier, detector: FaceDetector,
+                  transform: Callable[[Image.Image], torch.Tensor], classes: Sequence[str],
+                  args: argparse.Namespace, names: OutputNames | None) -> tuple[list[list[Any]], VideoStats]:
+    """CSV rows for every analysed frame and face of a video file or camera, and its timing stats."""
+    camera = src.kind == "camera"
+    capture = cv2.VideoCapture(int(src.path) if camera else src.path)
+    if not capture.isOpened():
+        raise data.DataError(f"cannot open {'camera ' + src.path if camera else 'video ' + src.path}")
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if not camera else 0
+    if args.max_frames:
+        total = min(total, args.max_frames) if total > 0 else 0
+    fps_in = capture.get(cv2.CAP_PROP_FPS) or 30.0
+    tracker = FaceTracker(alpha=args.smooth, max_missed=10 * args.every)
+    stats, rows, writer, tmp_path, out_path = VideoStats(), [], None, None, None
+    meter = data.Progress(total, src.name) if total > 0 else None
+    start = last_print = time.perf_counter()
+    warm_before, model_before, calls_before = classifier.warmup_s, classifier.model_s, classifier.model_calls
+    shown: list[tuple[Box, str]] = []
+    try:
+        while not args.max_frames or stats.frames < args.max_frames:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            index = stats.frames
+            stats.frames += 1
+            if index % args.every == 0:
+                shown = _analyse_frame(src.name, index, frame, cv2, classifier, detector, transform, tracker,
+                                       classes, args.margin, rows, stats)
+            if names is not None:
+                if writer is None:
+                    out_path = names(src.rel, ".mp4")
+                    out_path.parent.mkdir(parents=True, exist_ok=True)
+                    tmp_path = out_path.with_name(f".{out_path.stem}.{os.getpid()}.tmp.mp4")
+                    writer = cv2.VideoWriter(str(tmp_path), cv2.VideoWriter_fourcc(*"mp4v"), fps_in,
+                                             (frame.shape[1], frame.shape[0]))
+                    if not writer.isOpened():
+                        raise data.DataError(f"cannot write video {tmp_path} (mp4v codec missing from OpenCV?)")
+                annotated = draw_faces(Image.fromarray(frame[:, :, ::-1]), shown)
+                writer.write(np.ascontiguousarray(np.asarray(annotated)[:, :, ::-1]))
+            if meter is not None:
+                meter.step()
+            elif time.perf_counter() - last_print >= 5.0:
+                last_print = time.perf_counter()
+                print(f"{src.name}: {stats.frames} frames, {stats.frames / (last_print - start):.1f} FPS", flush=True)
+    except BaseException as err:
+        if not (camera and isinstance(err, KeyboardInterrupt)):  # Ctrl-C is how a camera session ends
+            _discard(tmp_path)
+            raise
+        print(f"{src.name}: stopped after {stats.frames} frames", flush=True)
+    finally:
+        capture.release()
+        if writer is not None:
+            writer.release()
+    if stats.frames == 0:
+        raise data.DataError(f"cannot read {'camera ' + src.path if camera else 'video ' + src.path}: "
+                             "no frame could be decoded")
+    if writer is not None:
+        os.replace(tmp_path, out_path)  # the video only appears under its name once complete
+    stats.seconds = time.perf_counter() - start
+    stats.model_s = classifier.model_s - model_before
+    stats.model_calls = classifier.model_calls - calls_before
+    stats.warmup_s = classifier.warmup_s - warm_before
+    return rows, stats
+
+
+def _discard(path: Path | None) -> None:
+    """Remove a half-written temporary video, if there is one."""
+    if path is not None:
+        path.unlink(missing_ok=True)
+
+
+def _analyse_frame(name: str, index: int, frame: np.ndarray, cv2: Any, classifier: FaceClassifier,
+                   detector: FaceDetector, transform: Callable[[Image.Image], torch.Tensor], tracker: FaceTracker,
+                   classes: Sequence[str], margin: float, rows: list[list[Any]],
+                   stats: VideoStats) -> list[tuple[Box, str]]:
+    """Detect, classify (one batch), track and smooth the faces of one BGR frame; appends rows, returns captions."""
+    height, width = frame.shape[:2]
+    start = time.perf_counter()
+    boxes = detector(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY))
+    stats.detect_s += time.perf_counter() - start
+    stats.analysed += 1
+    if boxes:
+        crops = []
+        for box in boxes:
+            x, y, w, h = expand_box(box, margin, width, height)
+            # BGR -> RGB, the channel order the model was trained on (PIL-decoded images).
+            crops.append(transform(Image.fromarray(np.ascontiguousarray(frame[y:y + h, x:x + w, ::-1]))))
+        probs = classifier(torch.stack(crops))
+    else:
+        probs = np.zeros((0, len(classes)))
+    tracks = tracker.update(index, boxes, probs)
+    stats.faces += len(boxes)
+    for box, track in zip(boxes, tracks):
+        rows.append(csv_row(name, index, track.id, box, track.probs, classes))
+    return [(box, caption(track.probs, classes, track.id)) for box, track in zip(boxes, tracks)]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------------------------------
+
+def get_args_parser() -> argparse.ArgumentParser:
+    """Command-line flags."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
+                   help="image files, video files, or folders (searched recursively for both)")
+    p.add_argument("--ckpt", required=True, help="checkpoint written by train.py (best.pt)")
+    p.add_argument("--camera", type=int, default=None, metavar="N",
+                   help="also read camera N (OpenCV index); stop with Ctrl-C or --max-frames")
+    p.add_argument("--detect", action="store_true",
+                   help="images: find faces first (default: each image is one face crop); videos always detect")
+    p.add_argument("--tta", choices=("none", "hflip"), default="none",
+                   help="hflip: average the logits of each face and its mirror")
+    p.add_argument("--annotate", action="store_true",
+                   help="also write copies with boxes and labels drawn to OUT/annotated/ (videos as mp4)")
+    p.add_argument("--out", default="results/predict", help="output folder (default: results/predict)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
+                   help="float16 autocast on CUDA, as evaluate.py (default: on; no effect on CPU)")
+    p.add_argument("--fast", choices=("auto", "on", "off"), default="auto",
+                   help="videos: models.make_fast compiled path; auto = on for CUDA, off on CPU, where compiling "
+                        "takes 10-20 s per face count for ~1.2x (worth it for long videos) (default: auto)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch for image inputs (default: 64)")
+    p.add_argument("--workers", type=int, default=2, help="image decoding workers (default: 2)")
+    p.add_argument("--smooth", type=float, default=0.6, metavar="ALPHA",
+                   help="videos: p = ALPHA * p_previous + (1 - ALPHA) * p_frame per tracked face; 0 = off "
+                        "(default: 0.6)")
+    p.add_argument("--every", type=int, default=1, metavar="N", help="videos: analyse every N-th frame (default: 1)")
+    p.add_argument("--max-frames", type=int, default=0, metavar="N",
+                   help="videos and camera: stop after N frames (default: 0 = all)")
+    p.add_argument("--margin", type=float, default=0.2,
+                   help="detected faces: crop this fraction of the box more on each side (default: 0.2)")
+    p.add_argument("--min-face", type=int, default=40, metavar="PX", help="smallest face to detect (default: 40)")
+    return p
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Flag values argparse cannot check by type."""
+    for flag, value, ok in (("--batch-size", args.batch_size, args.batch_size >= 1),
+                            ("--workers", args.workers, args.workers >= 0),
+                            ("--every", args.every, args.every >= 1),
+                            ("--max-frames", args.max_frames, args.max_frames >= 0),
+                            ("--smooth", args.smooth, 0.0 <= args.smooth < 1.0),
+                            ("--margin", args.margin, 0.0 <= args.margin <= 1.0),
+                            ("--min-face", args.min_face, args.min_face >= 1)):
+        if not ok:
+            raise data.DataError(f"{flag} {value}: out of range (see --help)")
+
+
+def main(args: argparse.Namespace) -> None:
+    """Predict on every input and write OUT/predictions.csv (+ annotated copies)."""
+    _check_args(args)
+    out_dir = Path(args.out)
+    sources = collect_sources(args.inputs, args.camera, out_dir)
+    images = [s for s in sources if s.kind == "image"]
+    videos = [s for s in sources if s.kind != "image"]
+    # OpenCV is checked before the model loads, so a missing install costs the user no waiting.
+    cv2 = None
+    if videos:
+        cv2 = import_cv2("--camera" if videos[0].kind == "camera" else f"video input {videos[0].name}")
+    if args.detect:
+        cv2 = import_cv2("--detect")
+    detector = FaceDetector(cv2, min_face=args.min_face) if cv2 is not None else None
+    # Unreadable inputs fail before the model loads, not halfway through the work.
+    for src in images:
+        image_size(src.path)
+    for src in videos:
+        if src.kind == "video":
+            check_video(cv2, src.path)
+
+    device = models.resolve_device(args.device)
+    model, meta = models.load_model(args.ckpt, device)
+    arch = meta["arch"]
+    img_size = int(arch.get("img_size", 224))
+    classes = list(arch.get("classes") or data.CLASSES)
+    names = OutputNames(out_dir / "annotated") if args.annotate else None
+    print(f"{args.ckpt}: {arch['name']} at {img_size} px on {device}; {len(images)} images, {len(videos)} videos",
+          flush=True)
+
+    rows = predict_images(images, model, device, img_size, classes, args, detector if args.detect else None,
+                          names) if images else []
+    if videos:
+        classifier = FaceClassifier(model, device, img_size, fast=use_fast_path(args.fast, device),
+                                    hflip=args.tta == "hflip", amp=args.amp)
+        classifier.warm_up(1)  # the common case, one face, is ready before the clock starts
+        print(f"model path: {classifier.describe()} (ready in {classifier.warmup_s:.1f} s)", flush=True)
+        transform = data.build_transform(img_size, train=False)
+        for src in videos:
+            video_rows, stats = predict_video(src, cv2, classifier, detector, transform, classes, args, names)
+            rows += video_rows
+            print(stats.summary(src.name), flush=True)
+
+    csv_path = out_dir / "predictions.csv"
+    with data.atomic_write(csv_path, "w") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(csv_columns(classes))
+        writer.writerows(rows)
+    print(f"wrote {csv_path} ({len(rows)} rows)" + (f" and annotated copies in {names.root}" if names else ""),
+          flush=True)
+
+
+if __name__ == "__main__":
+    args = get_args_parser().parse_args()
+    try:
+        main(args)
+    except data.DataError as err:
+        sys.exit(f"error: {err}")
