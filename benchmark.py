@@ -1,0 +1,323 @@
+"""Efficiency benchmark (thesis 2.9, 3.6, App. C.7, Table 7): parameters, latency and FPS at batch size 1.
+
+    python benchmark.py --ckpt results/*/best.pt --out results/benchmark
+    python benchmark.py --model convnext_tiny_transformer --blocks 2 --device cuda --out /tmp/bench
+
+Two modes, measured the same way on the same random input:
+- eager: the thesis protocol. Eval + inference mode, fp16 autocast on CUDA (--amp), 50 warm-up and
+  200 timed forward passes; latency = synchronised wall-clock time of the timed loop / passes.
+- fast: models.make_fast (channels_last + torch.compile; CUDA graphs and fp16 weights on the GPU). Each
+  fast row carries the largest absolute logit difference to eager and whether the argmax agrees.
+Writes benchmark.json (one row per experiment x mode x batch size), benchmark.csv and benchmark.md
+(Table 7 layout, with the thesis's numbers beside ours for the seven thesis experiments).
+"""
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Iterator
+
+import torch
+
+import data
+import models
+from metrics import THESIS_RUNS
+
+COLUMNS = ("experiment", "mode", "device", "device_name", "torch_version", "threads", "params", "params_m",
+           "batch_size", "img_size", "amp", "warmup", "iters", "latency_ms", "p50_ms", "p90_ms", "p99_ms", "fps",
+           "accuracy", "macro_f1", "fast_variant", "compile_s", "max_abs_diff", "argmax_match")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def image_size(text: str) -> int:
+    """argparse type: an input side >= 32 px (every model downsamples by 32)."""
+    value = int(text)
+    if value < 32:
+        raise argparse.ArgumentTypeError(f"must be >= 32 (the models downsample by 32), got {value}")
+    return value
+
+
+def int_list(text: str) -> list[int]:
+    """argparse type: comma-separated integers >= 1, e.g. 1,8,32,128."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 1, got {text!r}")
+    return values
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Parameters, latency and FPS (thesis Table 7), eager and fast path.")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--ckpt", nargs="+", metavar="PT", help="checkpoints to rebuild (experiment id and metrics "
+                        "come from each checkpoint)")
+    source.add_argument("--model", choices=models.MODEL_NAMES, help="a model with random weights instead")
+    parser.add_argument("--blocks", type=positive_int, default=None,
+                        help="Transformer blocks of --model convnext_tiny_transformer (default: 1)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--batch-size", type=positive_int, default=1, help="batch size of the main table (default: 1)")
+    parser.add_argument("--batch-sizes", type=int_list, default=None, metavar="B1,B2,...",
+                        help="also measure these batch sizes: a throughput sweep, e.g. 1,8,32,128")
+    parser.add_argument("--img-size", type=image_size, default=None,
+                        help="input side in px (default: the checkpoint's, 224 for --model)")
+    parser.add_argument("--warmup", type=non_negative_int, default=50, help="untimed forward passes (default: 50)")
+    parser.add_argument("--iters", type=positive_int, default=200, help="timed forward passes (default: 200)")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                        help="eager mode: fp16 autocast (default: on for CUDA, off on CPU; on CPU it means bfloat16)")
+    parser.add_argument("--mode", choices=("eager", "fast", "both"), default="both",
+                        help="eager = the thesis protocol, fast = models.make_fast (default: both)")
+    parser.add_argument("--seed", type=int, default=42, help="seed of the random input and of --model's weights")
+    parser.add_argument("--out", required=True, help="output folder")
+    return parser
+
+
+def device_name(device: torch.device) -> str:
+    """A readable name of the device, e.g. 'NVIDIA H100 NVL' or 'AMD EPYC (2 threads)'."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name} ({torch.get_num_threads()} threads)"
+
+
+def targets_from_args(args: argparse.Namespace) -> list[dict]:
+    """What to benchmark: experiment id, how to build the model, img size and the checkpoint's metrics."""
+    if args.model is not None:
+        blocks = args.blocks or 1
+        if args.blocks is not None and args.model != "convnext_tiny_transformer":
+            raise data.DataError(f"--blocks applies to --model convnext_tiny_transformer only, not {args.model}")
+        name = args.model + (f"_{blocks}block" + "s" * (blocks > 1) if args.model == "convnext_tiny_transformer" else "")
+        return [{"experiment": name, "ckpt": None, "name": args.model, "blocks": blocks,
+                 "img_size": args.img_size or 224, "accuracy": None, "macro_f1": None}]
+    if args.blocks is not None:
+        raise data.DataError("--blocks applies to --model only; a checkpoint records its own blocks")
+    targets = []
+    # Every checkpoint is read once up front, so a bad seventh file fails before six models were timed.
+    for path in args.ckpt:
+        checkpoint = models.load_checkpoint(path)
+        arch, found = checkpoint["arch"], checkpoint.get("metrics") or {}
+        targets.append({"experiment": checkpoint.get("experiment") or os.path.splitext(os.path.basename(path))[0],
+                        "ckpt": path, "name": arch["name"], "blocks": int(arch.get("blocks", 1)),
+                        "img_size": args.img_size or int(arch.get("img_size") or 224),
+                        "accuracy": found.get("accuracy"), "macro_f1": found.get("macro_f1")})
+        del checkpoint
+    return targets
+
+
+def build(target: dict, device: torch.device, seed: int) -> torch.nn.Module:
+    """The target's model in eval mode on the device."""
+    if target["ckpt"] is not None:
+        return models.load_model(target["ckpt"], device)[0]
+    torch.manual_seed(seed)
+    return models.build_model(target["name"], blocks=target["blocks"], weights="none").to(device).eval()
+
+
+def percentile(sorted_ms: list[float], q: float) -> float:
+    """The q-th percentile (0-100) of sorted values, linear interpolation (numpy's default)."""
+    pos = (len(sorted_ms) - 1) * q / 100
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return sorted_ms[lo] + (sorted_ms[hi] - sorted_ms[lo]) * (pos - lo)
+
+
+@torch.inference_mode()
+def time_forward(forward, x: torch.Tensor, warmup: int, iters: int, label: str) -> dict:
+    """Warm-up then timed passes of forward(x): latency (wall clock / passes) and p50/p90/p99 of single passes."""
+    cuda = x.device.type == "cuda"
+    meter = data.Progress(warmup + iters, label)
+    for _ in range(warmup):
+        forward(x)
+        meter.step()
+    if cuda:
+        torch.cuda.synchronize(x.device)
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
+    per_pass = []
+    start = time.perf_counter()
+    for i in range(iters):
+        if cuda:
+            events[i][0].record()
+            forward(x)
+            events[i][1].record()
+        else:
+            t0 = time.perf_counter()
+            forward(x)
+            per_pass.append((time.perf_counter() - t0) * 1000)
+        meter.step()
+    if cuda:
+        torch.cuda.synchronize(x.device)  # the loop's wall time covers finished GPU work, not queued launches
+    total_ms = (time.perf_counter() - start) * 1000
+    if cuda:
+        per_pass = [begin.elapsed_time(end) for begin, end in events]
+    per_pass.sort()
+    latency = total_ms / iters
+    return {"latency_ms": latency, "p50_ms": percentile(per_pass, 50), "p90_ms": percentile(per_pass, 90),
+            "p99_ms": percentile(per_pass, 99), "fps": 1000 * x.shape[0] / latency}
+
+
+def measure(model: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace, device: torch.device, amp: bool,
+            tag: str) -> Iterator[dict]:
+    """Timings of one input batch, a row per mode as it finishes: eager, and the fast path checked against eager."""
+    def eager(inputs: torch.Tensor) -> torch.Tensor:
+        with models.autocast(device, amp):
+            return model(inputs)
+
+    if args.mode in ("eager", "both"):
+        stats = time_forward(eager, x, args.warmup, args.iters, f"{tag} eager")
+        print(f"{tag} eager: {stats['latency_ms']:.3f} ms, {stats['fps']:.1f} images/s", flush=True)
+        yield {"mode": "eager", **stats}
+    if args.mode in ("fast", "both"):
+        with torch.inference_mode():
+            reference = eager(x).float()
+        print(f"{tag}: building the fast path (torch.compile takes a while the first time)", flush=True)
+        start = time.perf_counter()
+        fast = models.make_fast(model, device, x)
+        compile_s = time.perf_counter() - start
+        out = fast(x)
+        check = {"fast_variant": fast.variant, "compile_s": round(compile_s, 1),
+                 "max_abs_diff": (out - reference).abs().max().item(),
+                 "argmax_match": bool(torch.equal(out.argmax(1), reference.argmax(1)))}
+        print(f"{tag} fast path [{fast.variant}] ready in {compile_s:.1f} s; max |logit diff| vs eager "
+              f"{check['max_abs_diff']:.2e}, argmax {'agrees' if check['argmax_match'] else 'DIFFERS'}", flush=True)
+        stats = time_forward(fast, x, args.warmup, args.iters, f"{tag} fast")
+        print(f"{tag} fast: {stats['latency_ms']:.3f} ms, {stats['fps']:.1f} images/s", flush=True)
+        yield {"mode": "fast", **stats, **check}
+
+
+def bench_target(target: dict, args: argparse.Namespace, device: torch.device, amp: bool,
+                 common: dict) -> list[dict]:
+    """All rows of one experiment: each batch size, eager and/or fast."""
+    model = build(target, device, args.seed)
+    params = models.count_params(model)
+    base = {**common, "experiment": target["experiment"], "params": params, "params_m": round(params / 1e6, 3),
+            "img_size": target["img_size"], "accuracy": target["accuracy"], "macro_f1": target["macro_f1"]}
+    rows = []
+    for batch in [args.batch_size] + [b for b in (args.batch_sizes or []) if b != args.batch_size]:
+        # The same input for every mode and model: the fast path is checked against eager on it.
+        generator = torch.Generator().manual_seed(args.seed)
+        x = torch.randn(batch, 3, target["img_size"], target["img_size"], generator=generator).to(device)
+        tag = f"{target['experiment']} batch {batch}"
+        try:
+            for row in measure(model, x, args, device, amp, tag):
+                rows.append({**base, "batch_size": batch, **row})
+        except torch.OutOfMemoryError:
+            print(f"warning: {tag}: out of {device.type} memory, batch size skipped", file=sys.stderr, flush=True)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # the fast path's copy and CUDA-graph pool go before the next batch size
+    return rows
+
+
+def fmt(value, digits: int) -> str:
+    """A table cell: the number with `digits` decimals, '-' when missing."""
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def beside(ours, thesis, digits: int) -> str:
+    """'ours (thesis)' when the thesis has the number, else just ours."""
+    return fmt(ours, digits) + (f" ({thesis:.{digits}f})" if thesis is not None else "")
+
+
+def markdown(rows: list[dict], batch_size: int) -> str:
+    """Table 7 layout for the main batch size, plus a throughput table when several batch sizes were run."""
+    first = rows[0]
+    lines = ["# Efficiency benchmark (thesis Table 7 layout)", "",
+             f"Device: {first['device_name']}; torch {first['torch_version']}; batch {batch_size}; "
+             f"{first['img_size']} px; {first['warmup']} warm-up + {first['iters']} timed passes; "
+             f"eager autocast {'on' if first['amp'] else 'off'}.",
+             "Values in brackets are the thesis's (NVIDIA H100 NVL, eager, fp16 autocast). eager = the thesis "
+             "protocol; fast = models.make_fast (same function, compiled).", "",
+             "| Experiment | Mode | Accuracy | Macro-F1 | Params (M) | Latency (ms) | FPS |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["batch_size"] != batch_size:
+            continue
+        t = THESIS_RUNS.get(r["experiment"])
+        _, t_acc, t_f1, t_params, t_lat, t_fps = t if t else (None,) * 6
+        lines.append(f"| {r['experiment']} | {r['mode']} | {beside(r['accuracy'], t_acc, 4)} | "
+                     f"{beside(r['macro_f1'], t_f1, 4)} | {beside(r['params_m'], t_params, 3)} | "
+                     f"{beside(r['latency_ms'], t_lat, 4)} | {beside(r['fps'], t_fps, 2)} |")
+    fast_rows = [r for r in rows if r["mode"] == "fast"]
+    if fast_rows:
+        lines += ["", "Fast path against eager on the same input:", "",
+                  "| Experiment | Batch | Variant | Ready in (s) | Max abs logit diff | Argmax agrees |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['experiment']} | {r['batch_size']} | {r['fast_variant']} | {r['compile_s']} | "
+                  f"{r['max_abs_diff']:.2e} | {'yes' if r['argmax_match'] else 'NO'} |" for r in fast_rows]
+    sizes = sorted({r["batch_size"] for r in rows})
+    if len(sizes) > 1:
+        keys = list(dict.fromkeys((r["experiment"], r["mode"]) for r in rows))
+        fps = {(r["experiment"], r["mode"], r["batch_size"]): r["fps"] for r in rows}
+        lines += ["", "Throughput (images/s) by batch size:", "",
+                  "| Experiment | Mode | " + " | ".join(f"batch {b}" for b in sizes) + " |",
+                  "|---|---|" + "---|" * len(sizes)]
+        lines += [f"| {e} | {m} | " + " | ".join(fmt(fps.get((e, m, b)), 1) for b in sizes) + " |" for e, m in keys]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(out: str, rows: list[dict], batch_size: int) -> None:
+    """benchmark.json, benchmark.csv and benchmark.md, each written atomically."""
+    with data.atomic_write(os.path.join(out, "benchmark.json")) as f:
+        json.dump(rows, f, indent=2)
+        f.write("\n")
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    with data.atomic_write(os.path.join(out, "benchmark.csv")) as f:
+        f.write(buffer.getvalue())
+    with data.atomic_write(os.path.join(out, "benchmark.md")) as f:
+        f.write(markdown(rows, batch_size))
+
+
+def main(args: argparse.Namespace) -> None:
+    device = models.resolve_device(args.device)
+    amp = device.type == "cuda" if args.amp is None else args.amp
+    targets = targets_from_args(args)
+    common = {"device": device.type, "device_name": device_name(device), "torch_version": torch.__version__,
+              "threads": torch.get_num_threads(), "amp": amp, "warmup": args.warmup, "iters": args.iters,
+              "fast_variant": None, "compile_s": None, "max_abs_diff": None, "argmax_match": None}
+    print(f"benchmark: {len(targets)} model(s) on {common['device_name']}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} CPU threads, mode {args.mode}, batch {args.batch_size}"
+          + (f" (+ sweep {args.batch_sizes})" if args.batch_sizes else "")
+          + f", {args.warmup} warm-up + {args.iters} timed passes, eager autocast {'on' if amp else 'off'}", flush=True)
+    rows = []
+    for i, target in enumerate(targets, 1):
+        print(f"[{i}/{len(targets)}] {target['experiment']} ({target['name']}, {target['img_size']} px)", flush=True)
+        rows += bench_target(target, args, device, amp, common)
+        if rows:
+            write_outputs(args.out, rows, args.batch_size)  # after each model, so a long run keeps what it measured
+    if not rows:
+        raise data.DataError(f"nothing measured: every batch size ran out of {device.type} memory")
+    print(markdown(rows, args.batch_size), flush=True)
+    print(f"wrote {os.path.join(args.out, 'benchmark.json')}, benchmark.csv, benchmark.md", flush=True)
+
+
+if __name__ == "__main__":
+    args = get_args_parser().parse_args()
+    try:
+        main(args)
+    except data.DataError as err:
+        sys.exit(f"error: {err}")

@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Replays the thesis end to end: the seven training runs (SPEC.md), the inference-side rescue
+# (Table 6), the efficiency benchmark (Table 7), and results/summary.md with our numbers beside
+# the thesis's.
+#
+#   bash experiments.sh --train-csv train.csv --val-csv val.csv [--data-root DIR] [--results DIR]
+#   bash experiments.sh --demo            # built-in synthetic set, CPU, small images, ~15 min on 2 cores
+#
+# Every flag also reads from the environment (TRAIN_CSV, VAL_CSV, DATA_ROOT, RESULTS, EPOCHS,
+# DEVICE, WORKERS, BATCH_SIZE, IMG_SIZE, WEIGHTS). Re-running is safe: finished runs are skipped,
+# an interrupted run resumes from its last.pt, and a finished run whose settings changed is an error.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+die() { echo "experiments.sh: error: $*" >&2; exit 1; }
+
+DEMO=0
+TRAIN_CSV=${TRAIN_CSV:-}
+VAL_CSV=${VAL_CSV:-}
+DATA_ROOT=${DATA_ROOT:-}
+RESULTS=${RESULTS:-}
+EPOCHS=${EPOCHS:-}
+DEVICE=${DEVICE:-auto}
+WORKERS=${WORKERS:-}
+BATCH_SIZE=${BATCH_SIZE:-}
+IMG_SIZE=${IMG_SIZE:-}
+WEIGHTS=${WEIGHTS:-}
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --demo) DEMO=1 ;;
+    --train-csv) TRAIN_CSV=$2; shift ;;
+    --val-csv) VAL_CSV=$2; shift ;;
+    --data-root) DATA_ROOT=$2; shift ;;
+    --results) RESULTS=$2; shift ;;
+    --epochs) EPOCHS=$2; shift ;;
+    --device) DEVICE=$2; shift ;;
+    --workers) WORKERS=$2; shift ;;
+    --batch-size) BATCH_SIZE=$2; shift ;;
+    --img-size) IMG_SIZE=$2; shift ;;
+    --weights) WEIGHTS=$2; shift ;;
+    -h|--help) usage 0 ;;
+    *) echo "experiments.sh: error: unknown flag '$1'" >&2; usage 2 ;;
+  esac
+  shift
+done
+
+# Settings that differ between the demo and a real run. Everything else is the thesis recipe.
+BENCH_ARGS=()
+if [ "$DEMO" = 1 ]; then
+  DEMO_DIR=${DEMO_DIR:-demo_data}
+  if [ ! -f "$DEMO_DIR/train.csv" ] || [ ! -f "$DEMO_DIR/val.csv" ]; then
+    echo "==> building the demo set in $DEMO_DIR"
+    # Half the default size keeps the seven runs inside ~15 minutes on a 2-core laptop CPU.
+    python data.py demo --out "$DEMO_DIR" --seed 42 --min-train-per-class 12 --val-per-class 20 --image-size 64
+  fi
+  TRAIN_CSV=${TRAIN_CSV:-$DEMO_DIR/train.csv}
+  VAL_CSV=${VAL_CSV:-$DEMO_DIR/val.csv}
+  RESULTS=${RESULTS:-results/demo}
+  EPOCHS=${EPOCHS:-3}
+  DEVICE=cpu
+  WORKERS=${WORKERS:-1}
+  BATCH_SIZE=${BATCH_SIZE:-16}
+  IMG_SIZE=${IMG_SIZE:-32}
+  WEIGHTS=${WEIGHTS:-none}
+  # From random initialisation the thesis's fine-tuning learning rates barely move the weights in a
+  # few epochs, so the demo scales every run's lr by the same factor (the ratios stay the thesis's).
+  LR_SCALE=${LR_SCALE:-3}
+  BENCH_ARGS=(--warmup 5 --iters 20 --mode eager)
+else
+  [ -n "$TRAIN_CSV" ] || die "no training CSV: pass --train-csv FILE or set TRAIN_CSV (or run with --demo)"
+  [ -n "$VAL_CSV" ] || die "no validation CSV: pass --val-csv FILE or set VAL_CSV (or run with --demo)"
+  RESULTS=${RESULTS:-results}
+  EPOCHS=${EPOCHS:-30}
+  BATCH_SIZE=${BATCH_SIZE:-128}
+  IMG_SIZE=${IMG_SIZE:-224}
+  WEIGHTS=${WEIGHTS:-imagenet}
+  LR_SCALE=${LR_SCALE:-1}
+  BENCH_ARGS=(--mode both)
+fi
+[ -f "$TRAIN_CSV" ] || die "training CSV not found: $TRAIN_CSV"
+[ -f "$VAL_CSV" ] || die "validation CSV not found: $VAL_CSV"
+
+COMMON=(--train-csv "$TRAIN_CSV" --val-csv "$VAL_CSV" --epochs "$EPOCHS" --batch-size "$BATCH_SIZE"
+        --img-size "$IMG_SIZE" --weights "$WEIGHTS" --device "$DEVICE")
+[ -n "$DATA_ROOT" ] && COMMON+=(--data-root "$DATA_ROOT")
+[ -n "$WORKERS" ] && COMMON+=(--workers "$WORKERS")
+EVAL_DATA=(--val-csv "$VAL_CSV" --device "$DEVICE")
+[ -n "$DATA_ROOT" ] && EVAL_DATA+=(--data-root "$DATA_ROOT")
+[ -n "$WORKERS" ] && EVAL_DATA+=(--workers "$WORKERS")
+
+lr() { python -c "print(f'{$1 * $LR_SCALE:g}')"; }
+
+# One training run: skipped when finished (train.py --resume says so and exits 0), resumed when
+# interrupted, started fresh otherwise.
+run() {
+  local id=$1; shift
+  local out="$RESULTS/$id" resume=()
+  [ -f "$out/last.pt" ] && resume=(--resume)
+  echo
+  echo "==> [$id] python train.py ${COMMON[*]} $* --experiment $id --out $out ${resume[*]}"
+  python train.py "${COMMON[@]}" "$@" --experiment "$id" --out "$out" "${resume[@]}" \
+    || die "training run $id failed (see $out/train.log); re-run this script to resume it"
+}
+
+START=$(date +%s)
+echo "==> results in $RESULTS (train: $TRAIN_CSV, val: $VAL_CSV, epochs: $EPOCHS, device: $DEVICE)"
+
+# 1. The seven thesis runs (SPEC.md), in the thesis's order.
+run baseline_resnet50_ce_run1                     --model resnet50 --loss ce --lr "$(lr 1e-4)"
+run convnext_tiny_baseline_ce_run1                --model convnext_tiny --loss ce --lr "$(lr 1e-4)"
+run convnext_tiny_transformer_ce_run1             --model convnext_tiny_transformer --blocks 1 --loss ce --lr "$(lr 1e-4)"
+run convnext_tiny_transformer_focal_alpha_run1    --model convnext_tiny_transformer --blocks 1 --loss focal --alpha auto --lr "$(lr 1e-4)"
+run convnext_tiny_baseline_focal_alpha_run1       --model convnext_tiny --loss focal --alpha auto --lr "$(lr 1e-4)"
+run convnext_tiny_transformer_focal_alpha_run2    --model convnext_tiny_transformer --blocks 2 --loss focal --alpha auto --lr "$(lr 1e-4)"
+run convnext_tiny_transformer_focal_alpha_ema_run3 --model convnext_tiny_transformer --blocks 2 --loss focal --alpha auto --lr "$(lr 5e-5)" \
+    --ema --warmup-epochs 1 --clip-grad 1.0
+
+RUN_IDS=(baseline_resnet50_ce_run1 convnext_tiny_baseline_ce_run1 convnext_tiny_transformer_ce_run1
+         convnext_tiny_transformer_focal_alpha_run1 convnext_tiny_baseline_focal_alpha_run1
+         convnext_tiny_transformer_focal_alpha_run2 convnext_tiny_transformer_focal_alpha_ema_run3)
+
+# 2. Inference-side rescue (Table 6): ensemble and flip TTA on the two strongest hybrids.
+echo
+echo "==> rescue evaluation (Table 6)"
+# The first checkpoint is the "single best hybrid" of Table 6: the EMA run.
+python ensemble_tta.py --ckpt "$RESULTS/convnext_tiny_transformer_focal_alpha_ema_run3/best.pt" \
+  "$RESULTS/convnext_tiny_transformer_focal_alpha_run2/best.pt" "${EVAL_DATA[@]}" \
+  --table --out "$RESULTS/rescue" || die "rescue evaluation failed"
+
+# 3. Efficiency benchmark (Table 7) over the seven best checkpoints.
+echo
+echo "==> benchmark (Table 7)"
+BEST=()
+for id in "${RUN_IDS[@]}"; do BEST+=("$RESULTS/$id/best.pt"); done
+python benchmark.py --ckpt "${BEST[@]}" --device "$DEVICE" "${BENCH_ARGS[@]}" --out "$RESULTS/benchmark" \
+  || die "benchmark failed"
+
+# 4. The thesis's tables with our numbers beside them.
+echo
+echo "==> summary"
+python summarize.py --results "$RESULTS" || die "summary failed"
+echo "==> done in $(( $(date +%s) - START )) s: $RESULTS/summary.md"

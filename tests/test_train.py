@@ -1,0 +1,300 @@
+"""train.py (issue 4): outputs, determinism, resume after SIGTERM, NaN stop, early stopping, DDP, bad input.
+
+Every training run of this file starts at once in the `runs` fixture, single-threaded, so imports and
+compute overlap on a 2-core machine; each test then waits for the run it checks.
+"""
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+import data
+import models
+import train
+
+ROOT = Path(__file__).resolve().parent.parent
+# Images kept per class from the demo set: 24 training images (3 steps of 8), 16 validation images.
+TRAIN_PER_CLASS, VAL_PER_CLASS, STEPS, N_VAL = 3, 2, 3, 16
+# The run3 recipe (focal + alpha, EMA, warmup, clipping) on ResNet50: the most state to save and resume.
+RECIPE = ("--model", "resnet50", "--weights", "none", "--img-size", "64", "--batch-size", "8", "--workers", "0",
+          "--epochs", "2", "--loss", "focal", "--alpha", "auto", "--ema", "--warmup-epochs", "1",
+          "--clip-grad", "1.0", "--log-interval-s", "0")
+METRIC_COLUMNS = ["epoch", "lr", "train_loss", "val_loss", "val_accuracy", "val_macro_f1",
+                  *(f"f1_{name}" for name in data.CLASSES)]
+OUTPUTS = ["config.json", "history.csv", "train.log", "last.pt", "best.pt", "summary.json", "predictions.csv",
+           "metrics.json", "per_class.csv", "confusion_matrix.csv", "confusion_matrix_normalized.csv",
+           "confusion_matrix.png", "confusion_matrix_normalized.png"]
+
+
+def subset(csv_path: Path, per_class: int, out: Path) -> Path:
+    """The first per_class rows of each class of an index CSV (paths stay relative to the demo folder)."""
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    seen: Counter = Counter()
+    with open(out, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["path", "label"], extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            seen[row["label"]] += 1
+            if seen[row["label"]] <= per_class:
+                writer.writerow(row)
+    return out
+
+
+@pytest.fixture(scope="module")
+def small(demo_data, tmp_path_factory) -> dict:
+    """A smaller cut of the demo set, so each epoch takes a few CPU seconds; --data-root is the demo folder."""
+    train_csv, val_csv = demo_data
+    folder = tmp_path_factory.mktemp("small")
+    return {"train": str(subset(train_csv, TRAIN_PER_CLASS, folder / "train.csv")),
+            "val": str(subset(val_csv, VAL_PER_CLASS, folder / "val.csv")), "root": str(train_csv.parent)}
+
+
+def command(small: dict, out: Path, *flags: str) -> list[str]:
+    """train.py with the test recipe; later flags override earlier ones."""
+    return ["train.py", "--train-csv", small["train"], "--val-csv", small["val"], "--data-root", small["root"],
+            *RECIPE, "--out", str(out), *flags]
+
+
+class Runs:
+    """Training subprocesses started together; result(name) waits for one: (exit code, stdout, stderr)."""
+
+    def __init__(self, base: Path, procs: dict[str, subprocess.Popen]) -> None:
+        self.base, self.procs, self.results = base, procs, {}
+
+    def result(self, name: str) -> tuple[int, str, str]:
+        if name not in self.results:
+            stdout, stderr = self.procs[name].communicate(timeout=600)
+            self.results[name] = (self.procs[name].returncode, stdout, stderr)
+        return self.results[name]
+
+
+def spawn(argv: list[str]) -> subprocess.Popen:
+    # One thread each: the runs share the cores instead of fighting over them (and stay comparable).
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def runs(small, tmp_path_factory):
+    base = tmp_path_factory.mktemp("runs")
+    procs = {
+        "a": spawn(command(small, base / "a")),
+        "b": spawn(command(small, base / "b")),
+        "sigterm": spawn(command(small, base / "resumed", "--debug-sigterm-at-epoch", "2")),
+        "nan": spawn(command(small, base / "nan", "--debug-nan-at-step", str(STEPS + 2))),
+        "early": spawn(command(small, base / "early", "--model", "convnext_tiny", "--lr", "0", "--patience", "1",
+                               "--epochs", "4")),
+        "ddp": spawn(["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+                      f"--master_port={free_port()}",
+                      *command(small, base / "ddp", "--epochs", "1", "--sampler", "balanced")]),
+    }
+    yield Runs(base, procs)
+    for proc in procs.values():  # a failed test may leave its run going
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    for checkpoint in base.rglob("*.pt"):  # ~0.5 GB per run; pytest keeps the last three sessions' folders
+        checkpoint.unlink()
+
+
+def read_history(out: Path) -> list[dict]:
+    with open(out / "history.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def metric_columns(out: Path) -> list[list[str]]:
+    return [[row[c] for c in METRIC_COLUMNS] for row in read_history(out)]
+
+
+def assert_ok(result: tuple[int, str, str]) -> str:
+    code, stdout, stderr = result
+    assert code == 0, stderr[-3000:]
+    return stdout
+
+
+def assert_one_line_error(result: tuple[int, str, str], code: int = 1) -> str:
+    assert result[0] == code, result
+    lines = result[2].strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result[2], result[2]
+    return lines[0]
+
+
+def test_two_epoch_run_writes_every_output(runs, small):
+    stdout = assert_ok(runs.result("a"))
+    out = runs.base / "a"
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUTS)  # no temp files left behind
+    history = read_history(out)
+    assert list(history[0]) == [*METRIC_COLUMNS, "seconds", "images_per_s"]
+    assert [int(r["epoch"]) for r in history] == [1, 2]
+    assert all(float(r["seconds"]) > 0 and float(r["images_per_s"]) > 0 for r in history)
+    # Warmup (1 epoch) then cosine: the lr of epoch 2's last step is below the peak and above zero.
+    assert 0 < float(history[1]["lr"]) < 1e-4
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"experiment", "best_epoch", "accuracy", "macro_f1", "per_class", "params", "wall_time_s",
+            "settings", "finished"} <= set(summary)
+    assert summary["finished"] and summary["stop_reason"] == "max epochs" and summary["params"] == 23_524_424
+    best_row = max(history, key=lambda r: (float(r["val_macro_f1"]), float(r["val_accuracy"])))
+    assert summary["best_epoch"] == int(best_row["epoch"])
+    assert summary["macro_f1"] == float(best_row["val_macro_f1"])
+    assert sum(c["support"] for c in summary["per_class"].values()) == N_VAL
+    config = json.loads((out / "config.json").read_text())
+    assert config["torch"] == torch.__version__ and config["device"] == "cpu"
+    assert config["args"]["alpha"] == "auto" and len(config["alpha"]) == 8  # resolved from the class counts
+
+    log = (out / "train.log").read_text()
+    assert "epoch 1/2 step 1/3 loss" in log and "img/s data-wait" in log and "eta" in log  # progress lines
+    assert "epoch 2/2 done" in log and log.strip().splitlines()[-1] in stdout  # everything printed is logged
+
+    last = models.load_checkpoint(out / "last.pt")["train_state"]
+    assert last["epoch"] == 2 and last["finished"] and last["ema"] is not None and last["optimizer"]["state"]
+
+
+def test_predictions_csv_comes_from_the_best_checkpoint(runs, small):
+    assert_ok(runs.result("a"))
+    out = runs.base / "a"
+    model, meta = models.load_model(out / "best.pt")
+    assert meta["arch"]["img_size"] == 64
+    assert meta["metrics"]["epoch"] == json.loads((out / "summary.json").read_text())["best_epoch"]
+    samples = data.read_index(small["val"], small["root"])
+    loader = data.make_loader(data.FaceDataset(samples, 64), batch_size=8, workers=0)
+    logits, _ = models.predict_logits(model, loader, "cpu")
+    with open(out / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["path"] for r in rows] == [s.path for s in samples]
+    assert [int(r["pred"]) for r in rows] == logits.argmax(1).tolist()
+    probs = torch.tensor([[float(r[f"prob_{c}"]) for c in data.CLASSES] for r in rows])
+    torch.testing.assert_close(probs, logits.softmax(1), atol=2e-6, rtol=0)
+
+
+def test_two_runs_with_the_same_seed_are_identical(runs):
+    assert_ok(runs.result("a"))
+    assert_ok(runs.result("b"))
+    assert metric_columns(runs.base / "a") == metric_columns(runs.base / "b")
+    a, b = (models.load_checkpoint(runs.base / r / "last.pt")["model"] for r in ("a", "b"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigterm_then_resume_ends_exactly_like_an_uninterrupted_run(runs, small):
+    code, stdout, stderr = runs.result("sigterm")
+    out = runs.base / "resumed"
+    assert code == 143, stderr[-2000:]
+    assert "stopped by SIGTERM during epoch 2 step 1/3" in stdout and "--resume" in stdout
+    assert "Traceback" not in stderr
+    assert models.load_checkpoint(out / "last.pt")["train_state"]["epoch"] == 1  # the epoch before stays
+    assert len(read_history(out)) == 1
+
+    resumed = subprocess.run([sys.executable, *command(small, out, "--resume")], cwd=ROOT, text=True,
+                             capture_output=True, env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=600)
+    assert_ok((resumed.returncode, resumed.stdout, resumed.stderr))
+    assert_ok(runs.result("a"))
+    reference = runs.base / "a"
+    assert metric_columns(out) == metric_columns(reference)
+    done, expected = (json.loads((d / "summary.json").read_text()) for d in (out, reference))
+    assert {k: done[k] for k in ("best_epoch", "accuracy", "macro_f1", "per_class")} == \
+        {k: expected[k] for k in ("best_epoch", "accuracy", "macro_f1", "per_class")}
+    a, b = (models.load_checkpoint(d / "last.pt") for d in (out, reference))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    log = (out / "train.log").read_text()
+    assert log.index("stopped by SIGTERM") < log.index("resuming") < log.index("epoch 2/2 done")
+
+
+def test_resume_of_a_finished_run_says_so(runs, small, capsys):
+    assert_ok(runs.result("a"))
+    train.main(train.get_args_parser().parse_args(command(small, runs.base / "a", "--resume")[1:]))
+    assert "already finished (max epochs after epoch 2" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--resume", "--model", "convnext_tiny"), "model 'resnet50' -> 'convnext_tiny'"),
+    (("--resume", "--lr", "3e-4"), "lr 0.0001 -> 0.0003"),
+    ((), "already holds a run"),  # a second fresh run would overwrite the first
+])
+def test_resume_refuses_other_settings_and_overwriting(runs, small, flags, message):
+    assert_ok(runs.result("a"))
+    args = train.get_args_parser().parse_args(command(small, runs.base / "a", *flags)[1:])
+    with pytest.raises(data.DataError, match=message.replace("(", r"\(")):
+        train.main(args)
+
+
+def test_nan_loss_stops_naming_epoch_and_step_and_keeps_the_last_good_epoch(runs):
+    error = assert_one_line_error(runs.result("nan"))
+    assert "epoch 2 step 2/3" in error
+    out = runs.base / "nan"
+    last, best = models.load_checkpoint(out / "last.pt"), models.load_checkpoint(out / "best.pt")
+    assert last["train_state"]["epoch"] == 1 and best["metrics"]["epoch"] == 1
+    # With --ema, best.pt holds the EMA weights (what was validated), not the raw weights of last.pt.
+    ema = last["train_state"]["ema"]["module"]
+    assert all(torch.equal(best["model"][k], ema[k]) for k in ema)
+    assert not all(torch.equal(best["model"][k], last["model"][k]) for k in ema)
+    assert "epoch 2 step 2/3" in (out / "train.log").read_text()
+    assert_ok(runs.result("a"))  # and epoch 1 is the same epoch an unbroken run made
+    assert metric_columns(out) == metric_columns(runs.base / "a")[:1]
+
+
+def test_early_stopping_after_patience_epochs_without_improvement(runs):
+    stdout = assert_ok(runs.result("early"))
+    out = runs.base / "early"
+    history = read_history(out)
+    assert len(history) == 2 and history[0]["val_macro_f1"] == history[1]["val_macro_f1"]  # lr 0: no change
+    assert "early stopping" in stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stop_reason"] == "early stopping" and summary["best_epoch"] == 1 and summary["epochs_run"] == 2
+
+
+def test_two_process_gloo_run_validates_every_image_once_and_writes_once(runs, small):
+    stdout = assert_ok(runs.result("ddp"))
+    out = runs.base / "ddp"
+    assert len(read_history(out)) == 1
+    assert (out / "train.log").read_text().count("epoch 1/1 done") == 1 and stdout.count("epoch 1/1 done") == 1
+    config = json.loads((out / "config.json").read_text())
+    assert config["world_size"] == 2 and config["batch_per_process"] == 4
+    report = json.loads((out / "metrics.json").read_text())
+    assert sum(c["support"] for c in report["per_class"].values()) == N_VAL
+    with open(out / "predictions.csv", newline="") as f:
+        paths = [r["path"] for r in csv.DictReader(f)]
+    assert paths == [s.path for s in data.read_index(small["val"], small["root"])]
+
+
+def test_bad_input_stops_before_anything_is_built(small, tmp_path):
+    # In-process (a subprocess costs seconds of imports); the NaN test covers the one-line CLI error path.
+    out = tmp_path / "run"
+
+    def main(*flags: str) -> None:
+        train.main(train.get_args_parser().parse_args(command(small, out, *flags)[1:]))
+    with pytest.raises(data.DataError, match="nope.csv"):
+        main("--train-csv", str(tmp_path / "nope.csv"))
+    missing = tmp_path / "missing.csv"
+    missing.write_text("path,label\nno/such/face.jpg,1\n")
+    with pytest.raises(data.DataError, match="face.jpg"):
+        main("--val-csv", str(missing))
+    no_contempt = tmp_path / "no_contempt.csv"
+    with open(small["train"]) as f:
+        no_contempt.write_text("".join(line for line in f if not line.rstrip().endswith(",7")))
+    with pytest.raises(data.DataError, match="contempt"):
+        main("--train-csv", str(no_contempt))
+    with pytest.raises(data.DataError, match="--alpha weights the focal loss only"):
+        main("--loss", "ce")
+    assert not out.exists()  # all of it before the output folder is even made
+
+
+def test_warmup_cosine_schedule():
+    factor = train.warmup_cosine(total_steps=10, warmup_steps=2)
+    assert [factor(s) for s in (0, 1)] == [0.5, 1.0]
+    assert factor(2) == 1.0 and factor(6) == pytest.approx(0.5) and factor(10) == pytest.approx(0.0)
+    assert all(factor(s) >= factor(s + 1) for s in range(1, 10))
