@@ -404,25 +404,26 @@ def predict_logits(model: nn.Module, loader: torch.utils.data.DataLoader, device
 import sys  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 
-# Inductor settings of the fast path (torch.compile `options`, the same keys as its `mode` presets).
-# freezing: weights become constants, so BatchNorm folds into the convolutions and, on the CPU, conv and
-# linear weights are pre-packed for oneDNN once instead of on every call. triton.cudagraphs: at batch 1 a
-# GPU spends most of an eager forward waiting for Python to launch a few hundred small kernels; one CUDA
-# graph replay launches them all at once. max_autotune is left off: it adds minutes of compile per model
-# for a small gain once launches are gone (and on the CPU it was no faster here).
-FAST_OPTIONS = {"cpu": {"freezing": True},
-                "cuda": {"freezing": True, "triton.cudagraphs": True}}
+# torch.compile settings of the fast path, per device. `options` are inductor config keys (what its `mode`
+# presets set). freezing: weights become constants, so BatchNorm folds into the convolutions and conv / linear
+# weights are pre-packed once instead of on every call. CPU, dynamic=True: with a symbolic image size inductor
+# sends fp32 Linear layers to oneDNN with pre-packed weights and GELU fused in (static shapes get MKL, which
+# was about 1.2x slower end to end on the 2-core AMD EPYC this was tuned on). CUDA: at batch 1 a GPU mostly
+# waits for Python to launch a few hundred small kernels; triton.cudagraphs replays them all as one CUDA
+# graph, and static shapes let each kernel specialise. max_autotune is left off: minutes of compile per
+# model, and on the CPU it was no faster.
+FAST_COMPILE = {"cpu": {"dynamic": True, "options": {"freezing": True}},
+                "cuda": {"dynamic": False, "options": {"freezing": True, "triton.cudagraphs": True}}}
 
 
 class FastModel:
     """Compiled inference for images shaped like the example: fast(x) -> float32 logits. `variant` names the path."""
 
-    def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor,
-                 dtype: torch.dtype, variant: str) -> None:
+    def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor, variant: str) -> None:
         self.forward, self.variant, self.shape = forward, variant, tuple(example.shape)
         # One input buffer at a fixed address: the CUDA graph reads it in place, and the copy into it does the
-        # dtype and channels_last conversion in one kernel.
-        self.static = torch.empty_like(example, dtype=dtype, memory_format=torch.channels_last)
+        # channels_last conversion.
+        self.static = torch.empty_like(example, memory_format=torch.channels_last)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Float32 logits [B, C] for images [B, 3, H, W] shaped like the example (new tensor, safe to keep)."""
@@ -434,32 +435,50 @@ class FastModel:
             return self.forward(self.static).to(torch.float32, copy=True)
 
 
+class _Float16Autocast(nn.Module):
+    """The model under float16 autocast, as the eager CUDA protocol runs it; compiled, the weight casts fold away."""
+
+    def __init__(self, model: nn.Module, device: torch.device) -> None:
+        super().__init__()
+        self.model, self.device = model, device
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with autocast(self.device, True, torch.float16):
+            return self.model(x)
+
+
 def make_fast(model: nn.Module, device: torch.device | str, example: torch.Tensor) -> FastModel:
     """The fastest inference path for inputs shaped like `example`, computing the same function as `model`.
 
-    CPU: float32 channels_last + torch.compile (inductor, frozen weights). CUDA: float16 weights (the thesis's
-    mixed precision), channels_last, torch.compile with CUDA graphs. The model itself is left untouched. If
-    compilation fails, a warning is printed and the eager channels_last model is used (variant says which).
+    CPU: float32, channels_last, torch.compile with frozen weights (oneDNN convolutions and linears, weights
+    pre-packed, GELU fused). CUDA: float16 autocast (the thesis's mixed precision), channels_last, torch.compile
+    with frozen weights and CUDA graphs. The model itself is left untouched. If compilation fails, a warning
+    is printed and the eager channels_last model is used (`variant` says which path it is).
     """
     device = torch.device(device)
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
     fast_model = copy.deepcopy(unwrap(model)).eval().requires_grad_(False)
-    fast_model = fast_model.to(device=device, dtype=dtype, memory_format=torch.channels_last)
+    fast_model = fast_model.to(device=device, memory_format=torch.channels_last)
+    precision = "float32"
+    if device.type == "cuda":
+        fast_model, precision = _Float16Autocast(fast_model, device), "float16 autocast"
     example = example.to(device)
-    options = FAST_OPTIONS["cuda" if device.type == "cuda" else "cpu"]
-    compiled = torch.compile(fast_model, options=options, dynamic=False)
-    fast = FastModel(compiled, example, dtype, variant=f"{str(dtype).removeprefix('torch.')} channels_last "
-                     f"compile({', '.join(sorted(options))})")
+    settings = FAST_COMPILE["cuda" if device.type == "cuda" else "cpu"]
+    options = settings["options"]
+    compiled = torch.compile(fast_model, dynamic=settings["dynamic"], options=options)
+    fast = FastModel(compiled, example, variant=f"{precision} channels_last compile("
+                     + ", ".join(sorted(options) + ["dynamic"] * settings["dynamic"]) + ")")
     if device.type == "cuda":
         torch._dynamo.mark_static_address(fast.static)
     try:
         # torch.compile is lazy: compile (and record the CUDA graph) now, so failures surface here and
         # callers time steady state. Three calls: cudagraph trees warm up once, then record, then replay.
-        for _ in range(3 if device.type == "cuda" else 1):
-            fast(example)
+        # The config patch as well as `options`: inductor decides on freezing before it applies `options`
+        # (with options alone the weights stay plain inputs and nothing is folded or pre-packed).
+        with torch._inductor.config.patch(options):
+            for _ in range(3 if device.type == "cuda" else 1):
+                fast(example)
     except Exception as err:  # inductor / triton / C++ compiler failures come in many types
         print(f"warning: torch.compile failed ({_one_line(err)}); the fast path falls back to eager "
               "channels_last", file=sys.stderr, flush=True)
-        fast = FastModel(fast_model, example, dtype, variant=f"{str(dtype).removeprefix('torch.')} channels_last "
-                         "eager (compile failed)")
+        fast = FastModel(fast_model, example, variant=f"{precision} channels_last eager (compile failed)")
     return fast

@@ -1,13 +1,23 @@
 """Train one model on AffectNet-8 index CSVs with the thesis recipe: resumable, deterministic, distributed.
 
     python train.py --train-csv T --val-csv V --model convnext_tiny --loss focal --alpha auto [--out DIR]
-    torchrun --nproc_per_node=N train.py ...      # DDP; --batch-size stays the global batch
+    torchrun --nproc_per_node=N train.py ...      # DDP: --batch-size stays the global batch, N processes
+                                                  # get batch-size / N each (it must divide evenly)
 
 Each epoch trains, then validates (accuracy, macro-F1, per-class F1, loss); best.pt is kept by macro-F1
-(ties: accuracy), last.pt holds the full training state, and the run stops early after --patience
-epochs without improvement. Ctrl-C / SIGTERM stop the run after the current step; the interrupted
-epoch is dropped (last.pt still holds the one before) and --resume redoes it from its start, so a
-resumed run ends exactly where an uninterrupted one ends (bit for bit on CPU).
+(ties: accuracy; with --ema the EMA weights are validated and kept), last.pt holds the full training
+state, and the run stops early after --patience epochs without improvement. Files in --out:
+config.json, history.csv (one row per epoch; lr = the last step's), train.log, last.pt, best.pt,
+summary.json, and for the best weights predictions.csv, metrics.json, per_class.csv and the confusion
+matrices (CSV + PNG, raw and row-normalised).
+
+Ctrl-C / SIGTERM stop the run after the current step with exit code 130 / 143. The interrupted epoch
+is dropped (last.pt still holds the one before; nothing half-done is saved) and --resume redoes it
+from its start: every epoch's shuffle, augmentation and sampling depend only on (seed, epoch, rank)
+and the RNG states are in last.pt, so a resumed run ends where an uninterrupted one ends (bit for bit
+on CPU). A NaN/inf loss stops the run naming the epoch and step, before the bad step touches the
+weights. On CPU two runs with the same seed give identical metrics; on CUDA cuDNN autotuning and TF32
+are on, so GPU runs are close but not bitwise equal.
 """
 from __future__ import annotations
 
