@@ -1,11 +1,13 @@
 """train.py (issue 4): outputs, determinism, resume after SIGTERM, NaN stop, early stopping, DDP, bad input.
 
 Every training run of this file starts at once in the `runs` fixture, single-threaded, so imports and
-compute overlap on a 2-core machine; each test then waits for the run it checks.
+compute overlap on a 2-core machine; each test then waits for the run it checks. The runs use the
+thesis's run3 recipe (focal + alpha, EMA, warmup, clipping) on ResNet50, the most state to resume.
 """
 import csv
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -20,9 +22,8 @@ import models
 import train
 
 ROOT = Path(__file__).resolve().parent.parent
-# Images kept per class from the demo set: 24 training images (3 steps of 8), 16 validation images.
-TRAIN_PER_CLASS, VAL_PER_CLASS, STEPS, N_VAL = 3, 2, 3, 16
-# The run3 recipe (focal + alpha, EMA, warmup, clipping) on ResNet50: the most state to save and resume.
+# Images kept per class from the demo set: 16 training images (2 steps of 8), 8 validation images.
+TRAIN_PER_CLASS, VAL_PER_CLASS, STEPS, N_VAL = 2, 1, 2, 8
 RECIPE = ("--model", "resnet50", "--weights", "none", "--img-size", "64", "--batch-size", "8", "--workers", "0",
           "--epochs", "2", "--loss", "focal", "--alpha", "auto", "--ema", "--warmup-epochs", "1",
           "--clip-grad", "1.0", "--log-interval-s", "0")
@@ -79,7 +80,8 @@ class Runs:
 def spawn(argv: list[str]) -> subprocess.Popen:
     # One thread each: the runs share the cores instead of fighting over them (and stay comparable).
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=env, text=True,
+    # Own session, so teardown can end torchrun together with its workers.
+    return subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=env, text=True, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -97,16 +99,17 @@ def runs(small, tmp_path_factory):
         "b": spawn(command(small, base / "b")),
         "sigterm": spawn(command(small, base / "resumed", "--debug-sigterm-at-epoch", "2")),
         "nan": spawn(command(small, base / "nan", "--debug-nan-at-step", str(STEPS + 2))),
-        "early": spawn(command(small, base / "early", "--model", "convnext_tiny", "--lr", "0", "--patience", "1",
-                               "--epochs", "4")),
+        # Also the early-stopping run: lr 0 on ConvNeXt (no BatchNorm statistics to drift) cannot improve,
+        # so with --patience 1 it must stop after epoch 2, and all ranks must agree to.
         "ddp": spawn(["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
                       f"--master_port={free_port()}",
-                      *command(small, base / "ddp", "--epochs", "1", "--sampler", "balanced")]),
+                      *command(small, base / "ddp", "--model", "convnext_tiny", "--lr", "0", "--patience", "1",
+                               "--epochs", "4", "--sampler", "balanced")]),
     }
     yield Runs(base, procs)
     for proc in procs.values():  # a failed test may leave its run going
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     for checkpoint in base.rglob("*.pt"):  # ~0.5 GB per run; pytest keeps the last three sessions' folders
         checkpoint.unlink()
@@ -134,6 +137,31 @@ def assert_one_line_error(result: tuple[int, str, str], code: int = 1) -> str:
     return lines[0]
 
 
+# First in the file: the SIGTERM run ends early, so its resume overlaps the other runs instead of trailing them.
+def test_sigterm_then_resume_ends_exactly_like_an_uninterrupted_run(runs, small):
+    code, stdout, stderr = runs.result("sigterm")
+    out = runs.base / "resumed"
+    assert code == 143, stderr[-2000:]
+    assert "stopped by SIGTERM during epoch 2 step 1/2" in stdout and "--resume" in stdout
+    assert "Traceback" not in stderr
+    assert models.load_checkpoint(out / "last.pt")["train_state"]["epoch"] == 1  # the epoch before stays
+    assert len(read_history(out)) == 1
+
+    resumed = subprocess.run([sys.executable, *command(small, out, "--resume")], cwd=ROOT, text=True,
+                             capture_output=True, env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=600)
+    assert_ok((resumed.returncode, resumed.stdout, resumed.stderr))
+    assert_ok(runs.result("a"))
+    reference = runs.base / "a"
+    assert metric_columns(out) == metric_columns(reference)
+    done, expected = (json.loads((d / "summary.json").read_text()) for d in (out, reference))
+    assert {k: done[k] for k in ("best_epoch", "accuracy", "macro_f1", "per_class")} == \
+        {k: expected[k] for k in ("best_epoch", "accuracy", "macro_f1", "per_class")}
+    a, b = (models.load_checkpoint(d / "last.pt") for d in (out, reference))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    log = (out / "train.log").read_text()
+    assert log.index("stopped by SIGTERM") < log.index("resuming") < log.index("epoch 2/2 done")
+
+
 def test_two_epoch_run_writes_every_output(runs, small):
     stdout = assert_ok(runs.result("a"))
     out = runs.base / "a"
@@ -158,7 +186,7 @@ def test_two_epoch_run_writes_every_output(runs, small):
     assert config["args"]["alpha"] == "auto" and len(config["alpha"]) == 8  # resolved from the class counts
 
     log = (out / "train.log").read_text()
-    assert "epoch 1/2 step 1/3 loss" in log and "img/s data-wait" in log and "eta" in log  # progress lines
+    assert "epoch 1/2 step 1/2 loss" in log and "img/s data-wait" in log and "eta" in log  # progress lines
     assert "epoch 2/2 done" in log and log.strip().splitlines()[-1] in stdout  # everything printed is logged
 
     last = models.load_checkpoint(out / "last.pt")["train_state"]
@@ -190,30 +218,6 @@ def test_two_runs_with_the_same_seed_are_identical(runs):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_sigterm_then_resume_ends_exactly_like_an_uninterrupted_run(runs, small):
-    code, stdout, stderr = runs.result("sigterm")
-    out = runs.base / "resumed"
-    assert code == 143, stderr[-2000:]
-    assert "stopped by SIGTERM during epoch 2 step 1/3" in stdout and "--resume" in stdout
-    assert "Traceback" not in stderr
-    assert models.load_checkpoint(out / "last.pt")["train_state"]["epoch"] == 1  # the epoch before stays
-    assert len(read_history(out)) == 1
-
-    resumed = subprocess.run([sys.executable, *command(small, out, "--resume")], cwd=ROOT, text=True,
-                             capture_output=True, env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=600)
-    assert_ok((resumed.returncode, resumed.stdout, resumed.stderr))
-    assert_ok(runs.result("a"))
-    reference = runs.base / "a"
-    assert metric_columns(out) == metric_columns(reference)
-    done, expected = (json.loads((d / "summary.json").read_text()) for d in (out, reference))
-    assert {k: done[k] for k in ("best_epoch", "accuracy", "macro_f1", "per_class")} == \
-        {k: expected[k] for k in ("best_epoch", "accuracy", "macro_f1", "per_class")}
-    a, b = (models.load_checkpoint(d / "last.pt") for d in (out, reference))
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    log = (out / "train.log").read_text()
-    assert log.index("stopped by SIGTERM") < log.index("resuming") < log.index("epoch 2/2 done")
-
-
 def test_resume_of_a_finished_run_says_so(runs, small, capsys):
     assert_ok(runs.result("a"))
     train.main(train.get_args_parser().parse_args(command(small, runs.base / "a", "--resume")[1:]))
@@ -234,7 +238,7 @@ def test_resume_refuses_other_settings_and_overwriting(runs, small, flags, messa
 
 def test_nan_loss_stops_naming_epoch_and_step_and_keeps_the_last_good_epoch(runs):
     error = assert_one_line_error(runs.result("nan"))
-    assert "epoch 2 step 2/3" in error
+    assert "epoch 2 step 2/2" in error
     out = runs.base / "nan"
     last, best = models.load_checkpoint(out / "last.pt"), models.load_checkpoint(out / "best.pt")
     assert last["train_state"]["epoch"] == 1 and best["metrics"]["epoch"] == 1
@@ -242,33 +246,34 @@ def test_nan_loss_stops_naming_epoch_and_step_and_keeps_the_last_good_epoch(runs
     ema = last["train_state"]["ema"]["module"]
     assert all(torch.equal(best["model"][k], ema[k]) for k in ema)
     assert not all(torch.equal(best["model"][k], last["model"][k]) for k in ema)
-    assert "epoch 2 step 2/3" in (out / "train.log").read_text()
+    assert "epoch 2 step 2/2" in (out / "train.log").read_text()
     assert_ok(runs.result("a"))  # and epoch 1 is the same epoch an unbroken run made
     assert metric_columns(out) == metric_columns(runs.base / "a")[:1]
-
-
-def test_early_stopping_after_patience_epochs_without_improvement(runs):
-    stdout = assert_ok(runs.result("early"))
-    out = runs.base / "early"
-    history = read_history(out)
-    assert len(history) == 2 and history[0]["val_macro_f1"] == history[1]["val_macro_f1"]  # lr 0: no change
-    assert "early stopping" in stdout
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["stop_reason"] == "early stopping" and summary["best_epoch"] == 1 and summary["epochs_run"] == 2
 
 
 def test_two_process_gloo_run_validates_every_image_once_and_writes_once(runs, small):
     stdout = assert_ok(runs.result("ddp"))
     out = runs.base / "ddp"
-    assert len(read_history(out)) == 1
-    assert (out / "train.log").read_text().count("epoch 1/1 done") == 1 and stdout.count("epoch 1/1 done") == 1
     config = json.loads((out / "config.json").read_text())
     assert config["world_size"] == 2 and config["batch_per_process"] == 4
+    log = (out / "train.log").read_text()
+    assert log.count("epoch 1/4 done") == 1 and stdout.count("epoch 1/4 done") == 1  # rank 0 alone writes
     report = json.loads((out / "metrics.json").read_text())
     assert sum(c["support"] for c in report["per_class"].values()) == N_VAL
     with open(out / "predictions.csv", newline="") as f:
         paths = [r["path"] for r in csv.DictReader(f)]
-    assert paths == [s.path for s in data.read_index(small["val"], small["root"])]
+    assert paths == [s.path for s in data.read_index(small["val"], small["root"])]  # each image once, in order
+
+
+def test_early_stopping_after_patience_epochs_without_improvement(runs):
+    stdout = assert_ok(runs.result("ddp"))
+    out = runs.base / "ddp"
+    history = read_history(out)
+    assert len(history) == 2 and history[0]["val_macro_f1"] == history[1]["val_macro_f1"]  # lr 0: no change
+    assert stdout.count("early stopping") == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stop_reason"] == "early stopping" and summary["best_epoch"] == 1 and summary["epochs_run"] == 2
+    assert models.load_checkpoint(out / "last.pt")["train_state"]["finished"]
 
 
 def test_bad_input_stops_before_anything_is_built(small, tmp_path):
