@@ -34,30 +34,6 @@ COLUMNS = ("experiment", "mode", "device", "device_name", "torch_version", "thre
            "accuracy", "macro_f1", "fast_variant", "compile_s", "max_abs_diff", "argmax_match")
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def image_size(text: str) -> int:
-    """argparse type: an input side >= 32 px (every model downsamples by 32)."""
-    value = int(text)
-    if value < 32:
-        raise argparse.ArgumentTypeError(f"must be >= 32 (the models downsample by 32), got {value}")
-    return value
-
-
 def int_list(text: str) -> list[int]:
     """argparse type: comma-separated integers >= 1, e.g. 1,8,32,128."""
     try:
@@ -75,16 +51,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     source.add_argument("--ckpt", nargs="+", metavar="PT", help="checkpoints to rebuild (experiment id and metrics "
                         "come from each checkpoint)")
     source.add_argument("--model", choices=models.MODEL_NAMES, help="a model with random weights instead")
-    parser.add_argument("--blocks", type=positive_int, default=None,
+    parser.add_argument("--blocks", type=data.int_at_least(1), default=None,
                         help="Transformer blocks of --model convnext_tiny_transformer (default: 1)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    parser.add_argument("--batch-size", type=positive_int, default=1, help="batch size of the main table (default: 1)")
+    parser.add_argument("--batch-size", type=data.int_at_least(1), default=1, help="batch size of the main table (default: 1)")
     parser.add_argument("--batch-sizes", type=int_list, default=None, metavar="B1,B2,...",
                         help="also measure these batch sizes: a throughput sweep, e.g. 1,8,32,128")
-    parser.add_argument("--img-size", type=image_size, default=None,
+    parser.add_argument("--img-size", type=data.int_at_least(32), default=None,
                         help="input side in px (default: the checkpoint's, 224 for --model)")
-    parser.add_argument("--warmup", type=non_negative_int, default=50, help="untimed forward passes (default: 50)")
-    parser.add_argument("--iters", type=positive_int, default=200, help="timed forward passes (default: 200)")
+    parser.add_argument("--warmup", type=data.int_at_least(0), default=50, help="untimed forward passes (default: 50)")
+    parser.add_argument("--iters", type=data.int_at_least(1), default=200, help="timed forward passes (default: 200)")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                         help="eager mode: fp16 autocast (default: on for CUDA, off on CPU; on CPU it means bfloat16)")
     parser.add_argument("--mode", choices=("eager", "fast", "both"), default="both",

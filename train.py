@@ -63,7 +63,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--train-csv", required=True, help="training index CSV (path,label[,face box])")
     g.add_argument("--val-csv", required=True, help="validation index CSV")
     g.add_argument("--data-root", default=None, help="folder relative image paths start from (default: each CSV's)")
-    g.add_argument("--img-size", type=positive_int, default=224, help="input side in pixels (default: 224)")
+    g.add_argument("--img-size", type=data.int_at_least(1), default=224, help="input side in pixels (default: 224)")
     g.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                    help="data-loading processes per training process (default: min(8, CPUs))")
     g.add_argument("--sampler", choices=("shuffle", "balanced"), default="shuffle",
@@ -71,7 +71,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "with replacement, same number of draws (beyond the thesis)")
     g = p.add_argument_group("model and loss")
     g.add_argument("--model", required=True, choices=models.MODEL_NAMES)
-    g.add_argument("--blocks", type=positive_int, default=1, help="Transformer blocks of the hybrid (default: 1)")
+    g.add_argument("--blocks", type=data.int_at_least(1), default=1, help="Transformer blocks of the hybrid (default: 1)")
     g.add_argument("--weights", default="imagenet", help="imagenet | none (random init) | PATH (backbone state dict)")
     g.add_argument("--loss", choices=("ce", "focal"), default="ce", help="cross-entropy or focal loss (default: ce)")
     g.add_argument("--gamma", type=float, default=2.0, help="focal loss gamma (default: 2.0)")
@@ -79,9 +79,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="focal class weights: auto (1/sqrt(class frequency) of the training CSV, mean 1), "
                         "none, or 8 comma-separated numbers (default: none)")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=positive_int, default=30,
+    g.add_argument("--epochs", type=data.int_at_least(1), default=30,
                    help="maximum epochs; early stopping usually ends sooner (default: 30, the thesis gives none)")
-    g.add_argument("--batch-size", type=positive_int, default=128,
+    g.add_argument("--batch-size", type=data.int_at_least(1), default=128,
                    help="global batch: under torchrun each of N processes gets batch-size / N (default: 128)")
     g.add_argument("--lr", type=float, default=1e-4, help="AdamW peak learning rate (default: 1e-4)")
     g.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default: 1e-4)")
@@ -93,7 +93,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--ema-decay", type=float, default=0.9998,
                    help="EMA decay per step (default: 0.9998, an averaging horizon of ~5k steps ~ 2 AffectNet "
                         "epochs at batch 128)")
-    g.add_argument("--patience", type=positive_int, default=4,
+    g.add_argument("--patience", type=data.int_at_least(1), default=4,
                    help="stop after this many epochs without a better macro-F1 (default: 4)")
     g.add_argument("--seed", type=int, default=42)
     g = p.add_argument_group("speed")
@@ -113,14 +113,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--debug-nan-at-step", type=int, default=None, help=argparse.SUPPRESS)
     g.add_argument("--debug-sigterm-at-epoch", type=int, default=None, help=argparse.SUPPRESS)
     return p
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def parse_alpha(text: str) -> str | list[float]:
