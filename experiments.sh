@@ -47,6 +47,7 @@ done
 
 # Settings that differ between the demo and a real run. Everything else is the thesis recipe.
 BENCH_ARGS=()
+DEMO_TRAIN_ARGS=()
 if [ "$DEMO" = 1 ]; then
   DEMO_DIR=${DEMO_DIR:-demo_data}
   if [ ! -f "$DEMO_DIR/train.csv" ] || [ ! -f "$DEMO_DIR/val.csv" ]; then
@@ -64,8 +65,10 @@ if [ "$DEMO" = 1 ]; then
   IMG_SIZE=${IMG_SIZE:-32}
   WEIGHTS=${WEIGHTS:-none}
   # From random initialisation the thesis's fine-tuning learning rates barely move the weights in a
-  # few epochs, so the demo scales every run's lr by the same factor (the ratios stay the thesis's).
-  LR_SCALE=${LR_SCALE:-3}
+  # few epochs, so the demo scales every run's lr by the same factor (the ratios stay the thesis's)
+  # and warms every run up over half an epoch (run 3 keeps its own one-epoch warmup).
+  LR_SCALE=${LR_SCALE:-6}
+  DEMO_TRAIN_ARGS=(--warmup-epochs 0.5)
   BENCH_ARGS=(--warmup 5 --iters 20 --mode eager)
 else
   [ -n "$TRAIN_CSV" ] || die "no training CSV: pass --train-csv FILE or set TRAIN_CSV (or run with --demo)"
@@ -82,7 +85,7 @@ fi
 [ -f "$VAL_CSV" ] || die "validation CSV not found: $VAL_CSV"
 
 COMMON=(--train-csv "$TRAIN_CSV" --val-csv "$VAL_CSV" --epochs "$EPOCHS" --batch-size "$BATCH_SIZE"
-        --img-size "$IMG_SIZE" --weights "$WEIGHTS" --device "$DEVICE")
+        --img-size "$IMG_SIZE" --weights "$WEIGHTS" --device "$DEVICE" "${DEMO_TRAIN_ARGS[@]}")
 [ -n "$DATA_ROOT" ] && COMMON+=(--data-root "$DATA_ROOT")
 [ -n "$WORKERS" ] && COMMON+=(--workers "$WORKERS")
 EVAL_DATA=(--val-csv "$VAL_CSV" --device "$DEVICE")
