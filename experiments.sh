@@ -102,8 +102,13 @@ run() {
   [ -f "$out/last.pt" ] && resume=(--resume)
   echo
   echo "==> [$id] python train.py ${COMMON[*]} $* --experiment $id --out $out ${resume[*]}"
-  python train.py "${COMMON[@]}" "$@" --experiment "$id" --out "$out" "${resume[@]}" \
-    || die "training run $id failed (see $out/train.log); re-run this script to resume it"
+  local status=0
+  python train.py "${COMMON[@]}" "$@" --experiment "$id" --out "$out" "${resume[@]}" || status=$?
+  case $status in
+    0) ;;
+    130|143) die "training run $id stopped by a signal; $out/last.pt is consistent: re-run this script to resume it" ;;
+    *) die "training run $id failed (see $out/train.log); re-run this script to resume it" ;;
+  esac
 }
 
 START=$(date +%s)
