@@ -4,7 +4,7 @@
 # the thesis's.
 #
 #   bash experiments.sh --train-csv train.csv --val-csv val.csv [--data-root DIR] [--results DIR]
-#   bash experiments.sh --demo            # built-in synthetic set, CPU, small images, ~15 min on 2 cores
+#   bash experiments.sh --demo            # built-in synthetic set, CPU, small images, ~13 min on 2 cores
 #
 # Every flag also reads from the environment (TRAIN_CSV, VAL_CSV, DATA_ROOT, RESULTS, EPOCHS,
 # DEVICE, WORKERS, BATCH_SIZE, IMG_SIZE, WEIGHTS). Re-running is safe: finished runs are skipped,
