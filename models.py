@@ -11,8 +11,10 @@ import os
 import pickle
 import re
 import socket
+import sys
 import warnings
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ContextManager
 
@@ -399,10 +401,6 @@ def predict_logits(model: nn.Module, loader: torch.utils.data.DataLoader, device
 
 
 # --- Fast inference path (used by benchmark and predict) ---
-
-# This section's own imports, kept with it so the section reads on its own.
-import sys  # noqa: E402
-from collections.abc import Callable  # noqa: E402
 
 # torch.compile settings of the fast path, per device. `options` are inductor config keys (what its `mode`
 # presets set). freezing: weights become constants, so BatchNorm folds into the convolutions and conv / linear

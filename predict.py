@@ -254,7 +254,7 @@ class FaceClassifier:
                  hflip: bool, amp: bool) -> None:
         self.model, self.device, self.img_size, self.fast, self.hflip = model, device, img_size, fast, hflip
         self.amp = amp and device.type == "cuda"  # as models.predict_views: bfloat16 on CPU would change the logits
-        self.compiled: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {}
+        self.compiled: dict[int, models.FastModel] = {}
         self.model_s = 0.0
         self.model_calls = 0  # timed calls (batches), one-off compiling calls left out
         self.warmup_s = 0.0
@@ -264,7 +264,7 @@ class FaceClassifier:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def _compiled(self, bucket: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    def _compiled(self, bucket: int) -> models.FastModel:
         """The fast path for batches of exactly `bucket` images, built (and compiled) on first use."""
         if bucket not in self.compiled:
             example = torch.zeros(bucket, 3, self.img_size, self.img_size, device=self.device)
@@ -280,7 +280,7 @@ class FaceClassifier:
             bucket = next(b for b in FAST_BUCKETS if b >= n)
             if n < bucket:
                 chunk = torch.cat([chunk, chunk.new_zeros(bucket - n, *chunk.shape[1:])])
-            outputs.append(self._compiled(bucket)(chunk)[:n].float())
+            outputs.append(self._compiled(bucket)(chunk)[:n])  # FastModel returns float32
         return torch.cat(outputs)
 
     @torch.inference_mode()
@@ -299,7 +299,7 @@ class FaceClassifier:
     def describe(self) -> str:
         """Which path runs the model, e.g. 'eager float32' or make_fast's variant."""
         if self.fast and self.compiled:
-            return "fast: " + getattr(next(iter(self.compiled.values())), "variant", "make_fast")
+            return "fast: " + next(iter(self.compiled.values())).variant
         return "eager " + ("float16 autocast" if self.amp else "float32")
 
     def warm_up(self, batch: int = 1) -> None:
