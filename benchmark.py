@@ -5,10 +5,13 @@
 
 Two modes, measured the same way on the same random input:
 - eager: the thesis protocol. Eval + inference mode, fp16 autocast on CUDA (--amp), 50 warm-up and
-  200 timed forward passes; latency = synchronised wall-clock time of the timed loop / passes.
+  200 timed forward passes; latency = synchronised wall-clock time of the timed passes / passes.
 - fast: models.make_fast (channels_last + torch.compile with frozen weights; fp16 autocast and CUDA graphs
-  on the GPU). Each fast row carries the largest absolute logit difference to eager and whether the argmax
-  agrees.
+  on the GPU). Each fast row carries the largest absolute logit difference to eager, whether the argmax
+  agrees and its speed-up over eager.
+With --mode both the timed passes of the two modes alternate in four chunks, so both see the same machine.
+Each row also has the forward pass's matmul + convolution GFLOPs per image and the GFLOP/s achieved, beside
+the device's rate on one large matmul.
 Writes benchmark.json (one row per experiment x mode x batch size), benchmark.csv and benchmark.md
 (Table 7 layout, with the thesis's numbers beside ours for the seven thesis experiments).
 """
@@ -21,9 +24,10 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 import data
 import models
@@ -31,7 +35,11 @@ from metrics import THESIS_RUNS
 
 COLUMNS = ("experiment", "mode", "device", "device_name", "torch_version", "threads", "params", "params_m",
            "batch_size", "img_size", "amp", "warmup", "iters", "latency_ms", "p50_ms", "p90_ms", "p99_ms", "fps",
-           "accuracy", "macro_f1", "fast_variant", "compile_s", "max_abs_diff", "argmax_match")
+           "gflop_per_image", "gflop_per_s", "matmul_gflop_per_s", "matmul_dtype", "accuracy", "macro_f1",
+           "fast_variant", "compile_s", "max_abs_diff", "argmax_match", "speedup")
+# --mode both: the timed passes of eager and fast alternate in this many chunks. A shared machine's speed
+# drifts within a minute; alternating lets both modes see the same drift, so their ratio is fair.
+CHUNKS = 4
 
 
 def int_list(text: str) -> list[int]:
@@ -54,7 +62,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--blocks", type=data.int_at_least(1), default=None,
                         help="Transformer blocks of --model convnext_tiny_transformer (default: 1)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    parser.add_argument("--batch-size", type=data.int_at_least(1), default=1, help="batch size of the main table (default: 1)")
+    parser.add_argument("--batch-size", type=data.int_at_least(1), default=1,
+                        help="batch size of the main table (default: 1)")
     parser.add_argument("--batch-sizes", type=int_list, default=None, metavar="B1,B2,...",
                         help="also measure these batch sizes: a throughput sweep, e.g. 1,8,32,128")
     parser.add_argument("--img-size", type=data.int_at_least(32), default=None,
@@ -123,20 +132,39 @@ def percentile(sorted_ms: list[float], q: float) -> float:
     return sorted_ms[lo] + (sorted_ms[hi] - sorted_ms[lo]) * (pos - lo)
 
 
-@torch.inference_mode()
-def time_forward(forward, x: torch.Tensor, warmup: int, iters: int, label: str) -> dict:
-    """Warm-up then timed passes of forward(x): latency (wall clock / passes) and p50/p90/p99 of single passes."""
+def forward_gflop(model: torch.nn.Module, x: torch.Tensor) -> float:
+    """GFLOPs of one forward pass per image: matmuls and convolutions, 2 per multiply-add (as FlopCounterMode)."""
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops() / x.shape[0] / 1e9
+
+
+def matmul_gflop_per_s(device: torch.device, dtype: torch.dtype) -> float:
+    """The device's GFLOP/s on a large square matmul (median of 20): the ceiling for a model made of matmuls."""
+    size = 8192 if device.type == "cuda" else 1024
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+    seconds = []
+    for i in range(23):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= 3:  # the first 3 warm up
+            seconds.append(time.perf_counter() - start)
+    return 2 * size ** 3 / sorted(seconds)[len(seconds) // 2] / 1e9
+
+
+def timed_passes(forward: Callable, x: torch.Tensor, passes: int, per_pass: list[float],
+                 meter: data.Progress) -> float:
+    """Run forward(x) `passes` times; appends each pass's ms to per_pass, returns the synchronised wall ms."""
     cuda = x.device.type == "cuda"
-    meter = data.Progress(warmup + iters, label)
-    for _ in range(warmup):
-        forward(x)
-        meter.step()
     if cuda:
         torch.cuda.synchronize(x.device)
-        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
-    per_pass = []
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(passes)]
     start = time.perf_counter()
-    for i in range(iters):
+    for i in range(passes):
         if cuda:
             events[i][0].record()
             forward(x)
@@ -147,27 +175,48 @@ def time_forward(forward, x: torch.Tensor, warmup: int, iters: int, label: str) 
             per_pass.append((time.perf_counter() - t0) * 1000)
         meter.step()
     if cuda:
-        torch.cuda.synchronize(x.device)  # the loop's wall time covers finished GPU work, not queued launches
-    total_ms = (time.perf_counter() - start) * 1000
-    if cuda:
-        per_pass = [begin.elapsed_time(end) for begin, end in events]
-    per_pass.sort()
-    latency = total_ms / iters
-    return {"latency_ms": latency, "p50_ms": percentile(per_pass, 50), "p90_ms": percentile(per_pass, 90),
-            "p99_ms": percentile(per_pass, 99), "fps": 1000 * x.shape[0] / latency}
+        torch.cuda.synchronize(x.device)  # the wall time covers finished GPU work, not queued launches
+        per_pass += [begin.elapsed_time(end) for begin, end in events]
+    return (time.perf_counter() - start) * 1000
+
+
+@torch.inference_mode()
+def time_forwards(forwards: dict[str, Callable], x: torch.Tensor, warmup: int, iters: int, label: str
+                  ) -> dict[str, dict]:
+    """Per forward: warm-up, then timed passes (in alternating chunks when several); latency and p50/p90/p99."""
+    meter = data.Progress(len(forwards) * (warmup + iters), label)
+    for forward in forwards.values():
+        for _ in range(warmup):
+            forward(x)
+            meter.step()
+    chunks = 1 if len(forwards) == 1 else CHUNKS
+    per_pass = {name: [] for name in forwards}
+    total_ms = dict.fromkeys(forwards, 0.0)
+    for chunk in range(chunks):
+        passes = iters * (chunk + 1) // chunks - iters * chunk // chunks
+        for name, forward in forwards.items():
+            total_ms[name] += timed_passes(forward, x, passes, per_pass[name], meter)
+    stats = {}
+    for name, times in per_pass.items():
+        times.sort()
+        latency = total_ms[name] / iters
+        stats[name] = {"latency_ms": latency, "p50_ms": percentile(times, 50), "p90_ms": percentile(times, 90),
+                       "p99_ms": percentile(times, 99), "fps": 1000 * x.shape[0] / latency}
+    return stats
 
 
 def measure(model: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace, device: torch.device, amp: bool,
-            tag: str) -> Iterator[dict]:
-    """Timings of one input batch, a row per mode as it finishes: eager, and the fast path checked against eager."""
+            tag: str) -> list[dict]:
+    """Timings of one input batch, a row per mode: eager and/or the fast path checked against eager."""
     def eager(inputs: torch.Tensor) -> torch.Tensor:
         with models.autocast(device, amp):
             return model(inputs)
 
-    fast = check = None
+    forwards, check = {}, {}
+    if args.mode in ("eager", "both"):
+        forwards["eager"] = eager
     if args.mode in ("fast", "both"):
-        # Built before any timing, so the eager and fast timings run back to back: on a shared machine the
-        # load drifts less between them than across the minute a CPU compile takes.
+        # Built before any timing, so the compile minute does not sit between the two modes' timings.
         print(f"{tag}: building the fast path (torch.compile takes a while the first time)", flush=True)
         start = time.perf_counter()
         fast = models.make_fast(model, device, x)
@@ -179,14 +228,16 @@ def measure(model: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace, d
                  "argmax_match": bool(torch.equal(out.argmax(1), reference.argmax(1)))}
         print(f"{tag} fast path [{fast.variant}] ready in {compile_s:.1f} s; max |logit diff| vs eager "
               f"{check['max_abs_diff']:.2e}, argmax {'agrees' if check['argmax_match'] else 'DIFFERS'}", flush=True)
-    if args.mode in ("eager", "both"):
-        stats = time_forward(eager, x, args.warmup, args.iters, f"{tag} eager")
-        print(f"{tag} eager: {stats['latency_ms']:.3f} ms, {stats['fps']:.1f} images/s", flush=True)
-        yield {"mode": "eager", **stats}
-    if fast is not None:
-        stats = time_forward(fast, x, args.warmup, args.iters, f"{tag} fast")
-        print(f"{tag} fast: {stats['latency_ms']:.3f} ms, {stats['fps']:.1f} images/s", flush=True)
-        yield {"mode": "fast", **stats, **check}
+        forwards["fast"] = fast
+    stats = time_forwards(forwards, x, args.warmup, args.iters, f"{tag} {'+'.join(forwards)}")
+    if "eager" in stats and "fast" in stats:
+        check["speedup"] = stats["eager"]["latency_ms"] / stats["fast"]["latency_ms"]
+    rows = []
+    for mode, timing in stats.items():
+        print(f"{tag} {mode}: {timing['latency_ms']:.3f} ms, {timing['fps']:.1f} images/s"
+              + (f", {check['speedup']:.2f}x eager" if mode == "fast" and "speedup" in check else ""), flush=True)
+        rows.append({"mode": mode, **timing, **(check if mode == "fast" else {})})
+    return rows
 
 
 def bench_target(target: dict, args: argparse.Namespace, device: torch.device, amp: bool,
@@ -194,17 +245,20 @@ def bench_target(target: dict, args: argparse.Namespace, device: torch.device, a
     """All rows of one experiment: each batch size, eager and/or fast."""
     model = build(target, device, args.seed)
     params = models.count_params(model)
+    size = target["img_size"]
+    gflop = forward_gflop(model, torch.zeros(1, 3, size, size, device=device))
     base = {**common, "experiment": target["experiment"], "params": params, "params_m": round(params / 1e6, 3),
-            "img_size": target["img_size"], "accuracy": target["accuracy"], "macro_f1": target["macro_f1"]}
+            "img_size": size, "gflop_per_image": round(gflop, 3), "accuracy": target["accuracy"],
+            "macro_f1": target["macro_f1"]}
     rows = []
     for batch in [args.batch_size] + [b for b in (args.batch_sizes or []) if b != args.batch_size]:
         # The same input for every mode and model: the fast path is checked against eager on it.
         generator = torch.Generator().manual_seed(args.seed)
-        x = torch.randn(batch, 3, target["img_size"], target["img_size"], generator=generator).to(device)
+        x = torch.randn(batch, 3, size, size, generator=generator).to(device)
         tag = f"{target['experiment']} batch {batch}"
         try:
             for row in measure(model, x, args, device, amp, tag):
-                rows.append({**base, "batch_size": batch, **row})
+                rows.append({**base, "batch_size": batch, **row, "gflop_per_s": round(gflop * row["fps"], 1)})
         except torch.OutOfMemoryError:
             print(f"warning: {tag}: out of {device.type} memory, batch size skipped", file=sys.stderr, flush=True)
         if device.type == "cuda":
@@ -230,9 +284,11 @@ def markdown(rows: list[dict], batch_size: int) -> str:
              f"{first['img_size']} px; {first['warmup']} warm-up + {first['iters']} timed passes; "
              f"eager autocast {'on' if first['amp'] else 'off'}.",
              "Values in brackets are the thesis's (NVIDIA H100 NVL, eager, fp16 autocast). eager = the thesis "
-             "protocol; fast = models.make_fast (same function, compiled).", "",
-             "| Experiment | Mode | Accuracy | Macro-F1 | Params (M) | Latency (ms) | FPS |",
-             "|---|---|---|---|---|---|---|"]
+             "protocol; fast = models.make_fast (same function, compiled). GFLOPs: matmuls and convolutions of "
+             "one forward pass per image, 2 per multiply-add; GFLOP/s: achieved at this latency (this device does "
+             f"{first['matmul_gflop_per_s']} GFLOP/s on one large {first['matmul_dtype']} matmul).", "",
+             "| Experiment | Mode | Accuracy | Macro-F1 | Params (M) | GFLOPs | Latency (ms) | FPS | GFLOP/s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["batch_size"] != batch_size:
             continue
@@ -240,14 +296,17 @@ def markdown(rows: list[dict], batch_size: int) -> str:
         _, t_acc, t_f1, t_params, t_lat, t_fps = t if t else (None,) * 6
         lines.append(f"| {r['experiment']} | {r['mode']} | {beside(r['accuracy'], t_acc, 4)} | "
                      f"{beside(r['macro_f1'], t_f1, 4)} | {beside(r['params_m'], t_params, 3)} | "
-                     f"{beside(r['latency_ms'], t_lat, 4)} | {beside(r['fps'], t_fps, 2)} |")
+                     f"{fmt(r['gflop_per_image'], 2)} | {beside(r['latency_ms'], t_lat, 4)} | "
+                     f"{beside(r['fps'], t_fps, 2)} | {fmt(r['gflop_per_s'], 1)} |")
     fast_rows = [r for r in rows if r["mode"] == "fast"]
     if fast_rows:
-        lines += ["", "Fast path against eager on the same input:", "",
-                  "| Experiment | Batch | Variant | Ready in (s) | Max abs logit diff | Argmax agrees |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["", "Fast path against eager on the same input (speed-up: eager latency / fast latency, timed "
+                  "in alternating chunks in this run):", "",
+                  "| Experiment | Batch | Variant | Ready in (s) | Speed-up | Max abs logit diff | Argmax agrees |",
+                  "|---|---|---|---|---|---|---|"]
         lines += [f"| {r['experiment']} | {r['batch_size']} | {r['fast_variant']} | {r['compile_s']} | "
-                  f"{r['max_abs_diff']:.2e} | {'yes' if r['argmax_match'] else 'NO'} |" for r in fast_rows]
+                  f"{fmt(r['speedup'], 2)}{'x' * (r['speedup'] is not None)} | {r['max_abs_diff']:.2e} | "
+                  f"{'yes' if r['argmax_match'] else 'NO'} |" for r in fast_rows]
     sizes = sorted({r["batch_size"] for r in rows})
     if len(sizes) > 1:
         keys = list(dict.fromkeys((r["experiment"], r["mode"]) for r in rows))
@@ -278,9 +337,13 @@ def main(args: argparse.Namespace) -> None:
     device = models.resolve_device(args.device)
     amp = device.type == "cuda" if args.amp is None else args.amp
     targets = targets_from_args(args)
+    # The autocast dtype on CUDA (as both modes run there), float32 on the CPU.
+    matmul_dtype = torch.float16 if device.type == "cuda" and amp else torch.float32
+    matmul_rate = round(matmul_gflop_per_s(device, matmul_dtype), 1)
     common = {"device": device.type, "device_name": device_name(device), "torch_version": torch.__version__,
+              "matmul_gflop_per_s": matmul_rate, "matmul_dtype": str(matmul_dtype).removeprefix("torch."),
               "threads": torch.get_num_threads(), "amp": amp, "warmup": args.warmup, "iters": args.iters,
-              "fast_variant": None, "compile_s": None, "max_abs_diff": None, "argmax_match": None}
+              "fast_variant": None, "compile_s": None, "max_abs_diff": None, "argmax_match": None, "speedup": None}
     print(f"benchmark: {len(targets)} model(s) on {common['device_name']}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} CPU threads, mode {args.mode}, batch {args.batch_size}"
           + (f" (+ sweep {args.batch_sizes})" if args.batch_sizes else "")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 import benchmark
@@ -16,7 +17,8 @@ import models
 ROOT = Path(__file__).resolve().parent.parent
 
 KEYS = {"experiment", "mode", "device", "params", "params_m", "latency_ms", "p50_ms", "p90_ms", "p99_ms", "fps",
-        "batch_size", "img_size", "accuracy", "macro_f1", "torch_version", "device_name"}
+        "batch_size", "img_size", "accuracy", "macro_f1", "torch_version", "device_name", "gflop_per_image",
+        "gflop_per_s", "speedup"}
 FAST = ["--warmup", "1", "--iters", "3"]
 
 
@@ -36,8 +38,9 @@ def test_rows_have_the_keys_fps_and_table7_params(tmp_path, name, blocks, params
     assert row["mode"] == "eager" and row["device"] == "cpu" and row["batch_size"] == 1 and row["img_size"] == 32
     assert row["params_m"] == params_m and round(row["params"] / 1e6, 3) == params_m
     assert row["fps"] == pytest.approx(1000 / row["latency_ms"])
+    assert row["gflop_per_s"] == pytest.approx(row["gflop_per_image"] * row["fps"], rel=1e-2)
     assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
-    assert row["accuracy"] is None and row["macro_f1"] is None
+    assert row["accuracy"] is None and row["macro_f1"] is None and row["speedup"] is None
     assert row["experiment"] == name + {None: "", "1": "_1block", "2": "_2blocks"}[blocks]
 
 
@@ -64,6 +67,36 @@ def test_fast_mode_falls_back_to_eager_when_compile_fails(tmp_path, monkeypatch,
     assert row["mode"] == "fast" and "eager" in row["fast_variant"]
     assert row["argmax_match"] is True and row["max_abs_diff"] < 1e-3
     assert "warning: torch.compile failed (inductor exploded second line)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, weights", [("resnet50", torchvision.models.ResNet50_Weights.IMAGENET1K_V2),
+                                           ("convnext_tiny", torchvision.models.ConvNeXt_Tiny_Weights.IMAGENET1K_V1)])
+def test_forward_gflop_matches_torchvisions_published_cost(name, weights):
+    # torchvision's "_ops" is GFLOPs counted as multiply-adds at 224 px with the 1000-class head; ours counts 2
+    # per multiply-add and has an 8-class head (2 MFLOPs less).
+    model = models.build_model(name, weights="none").eval()
+    gflop = benchmark.forward_gflop(model, torch.zeros(2, 3, 224, 224))
+    assert gflop == pytest.approx(2 * weights.meta["_ops"], abs=0.01)
+
+
+def test_timed_passes_of_two_modes_alternate_in_chunks():
+    calls = []
+    forwards = {name: (lambda x, name=name: calls.append(name)) for name in ("eager", "fast")}
+    stats = benchmark.time_forwards(forwards, torch.zeros(2, 3, 4, 4), warmup=2, iters=8, label="t")
+    # Warm-up of each, then 4 alternating chunks of 2 timed passes: both modes see the same machine drift.
+    assert calls == ["eager"] * 2 + ["fast"] * 2 + (["eager"] * 2 + ["fast"] * 2) * benchmark.CHUNKS
+    for timing in stats.values():
+        assert timing["fps"] == pytest.approx(2000 / timing["latency_ms"])
+        assert 0 < timing["p50_ms"] <= timing["p99_ms"]
+
+
+def test_both_modes_give_the_fast_rows_speedup(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: model)  # no compile minute in a unit test
+    eager, fast = run_main(tmp_path, "--model", "resnet50", "--img-size", "32", "--mode", "both", *FAST)
+    assert (eager["mode"], fast["mode"]) == ("eager", "fast") and eager["speedup"] is None
+    assert fast["speedup"] == pytest.approx(eager["latency_ms"] / fast["latency_ms"])
+    assert fast["argmax_match"] is True and fast["gflop_per_image"] == eager["gflop_per_image"] > 0
+    assert f"| {fast['speedup']:.2f}x |" in (tmp_path / "benchmark.md").read_text()
 
 
 class Tiny(nn.Module):
