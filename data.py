@@ -103,7 +103,8 @@ class Progress:
 
 @dataclass(frozen=True)
 class Sample:
-    """One index row: path as written in the CSV, resolved file, label, optional face box (x, y, w, h), CSV line."""
+    """One index row: path as written in the CSV, resolved file, label, optional face box (x, y, w, h), CSV line
+    (0 for an image that does not come from a CSV, e.g. predict.py's inputs)."""
 
     path: str
     file: str
@@ -237,7 +238,7 @@ def _draft_scale(box_w: int, box_h: int, min_side: int) -> int:
 def load_face(sample: Sample, size: int | None = None, draft: bool = True) -> Image.Image:
     """Decode the sample's image as RGB and crop its face box (clamped); with size, resize it to (size, size),
     decoding JPEGs at reduced scale while the crop keeps >= size pixels."""
-    where = f"{sample.file} (CSV line {sample.line})"
+    where = sample.file + (f" (CSV line {sample.line})" if sample.line else "")
     try:
         with Image.open(sample.file) as im:
             full_w, full_h = im.size

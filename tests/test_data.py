@@ -216,6 +216,10 @@ def test_corrupt_image_and_box_outside(tmp_path, capsys):
         dataset[3]
     with pytest.raises(data.DataError, match=r"cannot decode image .*corrupt.jpg \(CSV line 3\)"):
         dataset[1]
+    # Not from a CSV (predict.py's inputs): the message names the file and no CSV line.
+    with pytest.raises(data.DataError, match=r"cannot decode image \S*corrupt.jpg: ") as raised:
+        data.load_face(data.Sample("corrupt.jpg", samples[1].file, 0, None, 0))
+    assert "CSV line" not in str(raised.value)
     # (Inside a DataLoader worker: see test_real_processes; in-process, torch's worker shutdown after an error
     # waits 5 s, so that path runs where it overlaps other work.)
 
