@@ -134,8 +134,15 @@ def percentile(sorted_ms: list[float], q: float) -> float:
 
 def forward_gflop(model: torch.nn.Module, x: torch.Tensor) -> float:
     """GFLOPs of one forward pass per image: matmuls and convolutions, 2 per multiply-add (as FlopCounterMode)."""
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        model(x)
+    # nn.TransformerEncoderLayer's fused inference kernel is invisible to the counter; its plain path computes
+    # the same layer with ordinary matmuls.
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            model(x)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     return counter.get_total_flops() / x.shape[0] / 1e9
 
 

@@ -79,6 +79,18 @@ def test_forward_gflop_matches_torchvisions_published_cost(name, weights):
     assert gflop == pytest.approx(2 * weights.meta["_ops"], abs=0.01)
 
 
+def test_forward_gflop_counts_the_transformer_blocks():
+    x = torch.zeros(1, 3, 64, 64)  # 2 x 2 = 4 tokens
+    convnext, hybrid = (benchmark.forward_gflop(models.build_model(name, blocks=2, weights="none").eval(), x)
+                        for name in ("convnext_tiny", "convnext_tiny_transformer"))
+    tokens, d, d_ff = 4, models.D_MODEL, models.D_FF
+    # The hybrid swaps ConvNeXt's 768 -> 8 classifier for a 768 -> d projection per token, two blocks (q, k, v
+    # and output projections, the feed-forward pair; the 4 x 4 attention products are negligible) and a d -> 8 head.
+    extra_macs = tokens * 768 * d + 2 * tokens * (4 * d * d + 2 * d * d_ff) + d * 8 - 768 * 8
+    assert (hybrid - convnext) * 1e9 == pytest.approx(2 * extra_macs, rel=0.01)
+    assert torch.backends.mha.get_fastpath_enabled()  # the counter's switch is put back
+
+
 def test_timed_passes_of_two_modes_alternate_in_chunks():
     calls = []
     forwards = {name: (lambda x, name=name: calls.append(name)) for name in ("eager", "fast")}
