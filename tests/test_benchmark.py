@@ -91,12 +91,20 @@ def test_forward_gflop_counts_the_transformer_blocks():
     assert torch.backends.mha.get_fastpath_enabled()  # the counter's switch is put back
 
 
-def test_timed_passes_of_two_modes_alternate_in_chunks():
+E, F = "eager", "fast"
+
+
+@pytest.mark.parametrize("iters, timed", [
+    (8, [E, E, F, F] + [F, F, E, E] + [E, E, F, F] + [F, F, E, E]),  # 4 chunks of 2 passes
+    (3, [E, F] + [F, E] + [E, F]),                                   # fewer passes than chunks: 3 chunks of 1
+])
+def test_timed_passes_of_two_modes_alternate_in_chunks(iters, timed):
     calls = []
-    forwards = {name: (lambda x, name=name: calls.append(name)) for name in ("eager", "fast")}
-    stats = benchmark.time_forwards(forwards, torch.zeros(2, 3, 4, 4), warmup=2, iters=8, label="t")
-    # Warm-up of each, then 4 alternating chunks of 2 timed passes: both modes see the same machine drift.
-    assert calls == ["eager"] * 2 + ["fast"] * 2 + (["eager"] * 2 + ["fast"] * 2) * benchmark.CHUNKS
+    forwards = {name: (lambda x, name=name: calls.append(name)) for name in (E, F)}
+    stats = benchmark.time_forwards(forwards, torch.zeros(2, 3, 4, 4), warmup=2, iters=iters, label="t")
+    # Warm-up of each, then alternating chunks, every other one in reverse order: both modes see the same
+    # machine drift and neither always goes first.
+    assert calls == [E, E, F, F] + timed
     for timing in stats.values():
         assert timing["fps"] == pytest.approx(2000 / timing["latency_ms"])
         assert 0 < timing["p50_ms"] <= timing["p99_ms"]
