@@ -148,23 +148,6 @@ def forward_gflop(model: torch.nn.Module, x: torch.Tensor) -> float:
     return counter.get_total_flops() / x.shape[0] / 1e9
 
 
-def matmul_gflop_per_s(device: torch.device, dtype: torch.dtype) -> float:
-    """The device's GFLOP/s on a large square matmul (fastest of 20): the ceiling for a model made of matmuls."""
-    size = 8192 if device.type == "cuda" else 1024
-    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
-    seconds = []
-    for i in range(23):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i >= 3:  # the first 3 warm up
-            seconds.append(time.perf_counter() - start)
-    return 2 * size ** 3 / min(seconds) / 1e9
-
-
 def timed_passes(forward: Callable, x: torch.Tensor, passes: int, per_pass: list[float],
                  meter: data.Progress) -> float:
     """Run forward(x) `passes` times; appends each pass's ms to per_pass, returns the synchronised wall ms."""
@@ -187,6 +170,16 @@ def timed_passes(forward: Callable, x: torch.Tensor, passes: int, per_pass: list
         torch.cuda.synchronize(x.device)  # the wall time covers finished GPU work, not queued launches
         per_pass += [begin.elapsed_time(end) for begin, end in events]
     return (time.perf_counter() - start) * 1000
+
+
+def matmul_gflop_per_s(device: torch.device, dtype: torch.dtype) -> float:
+    """The device's GFLOP/s on a large square matmul (fastest of 20): the ceiling for a model made of matmuls."""
+    size = 8192 if device.type == "cuda" else 1024
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+    meter, per_pass_ms = data.Progress(23, "matmul rate"), []
+    timed_passes(lambda _: a @ b, a, 3, [], meter)  # warm-up
+    timed_passes(lambda _: a @ b, a, 20, per_pass_ms, meter)
+    return 2 * size ** 3 / min(per_pass_ms) / 1e6
 
 
 @torch.inference_mode()

@@ -786,7 +786,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     files = p.add_mutually_exclusive_group()
     files.add_argument("--decode", action="store_true", help="also decode every image on all cores")
     files.add_argument("--no-files", action="store_true", help="check the CSV and counts only, not the image files")
-    p.add_argument("--img-size", type=int_at_least(1), default=224, help="input size S, for --decode's reduced-scale decoding")
+    p.add_argument("--img-size", type=int_at_least(1), default=224,
+                   help="input size S, for --decode's reduced-scale decoding")
 
     p = sub.add_parser("affectnet", help="full release training.csv / validation.csv -> index CSV")
     p.add_argument("--csv", required=True, help="AffectNet training.csv or validation.csv")
@@ -804,7 +805,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="write the synthetic demo set (train.csv, val.csv, images)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int_at_least(0), default=42)
-    p.add_argument("--min-train-per-class", type=int_at_least(1), default=24, help="size of the smallest training class")
+    p.add_argument("--min-train-per-class", type=int_at_least(1), default=24,
+                   help="size of the smallest training class")
     p.add_argument("--val-per-class", type=int_at_least(1), default=30)
     p.add_argument("--image-size", type=int_at_least(16), default=96)
 
@@ -813,7 +815,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="folder that relative paths join (default: the CSV's folder)")
     p.add_argument("--img-size", type=int_at_least(1), default=224)
     p.add_argument("--limit", type=int_at_least(1), default=500, help="first N rows (default 500)")
-    p.add_argument("--workers", type=int_at_least(0), default=0, help="DataLoader workers (default 0: the per-core rate)")
+    p.add_argument("--workers", type=int_at_least(0), default=0,
+                   help="DataLoader workers (default 0: the per-core rate)")
     p.add_argument("--batch-size", type=int_at_least(1), default=32)
     p.add_argument("--rounds", type=int_at_least(1), default=3, help="interleaved rounds; the best of each is reported")
     return parser

@@ -71,7 +71,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "with replacement, same number of draws (beyond the thesis)")
     g = p.add_argument_group("model and loss")
     g.add_argument("--model", required=True, choices=models.MODEL_NAMES)
-    g.add_argument("--blocks", type=data.int_at_least(1), default=1, help="Transformer blocks of the hybrid (default: 1)")
+    g.add_argument("--blocks", type=data.int_at_least(1), default=1,
+                   help="Transformer blocks of the hybrid (default: 1)")
     g.add_argument("--weights", default="imagenet", help="imagenet | none (random init) | PATH (backbone state dict)")
     g.add_argument("--loss", choices=("ce", "focal"), default="ce", help="cross-entropy or focal loss (default: ce)")
     g.add_argument("--gamma", type=float, default=2.0, help="focal loss gamma (default: 2.0)")
