@@ -22,7 +22,6 @@ import io
 import json
 import math
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -80,31 +79,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def device_name(device: torch.device) -> str:
-    """A readable name of the device, e.g. 'NVIDIA H100 NVL' or 'AMD EPYC (2 threads)'."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
-    except OSError:
-        pass
-    return f"{name} ({torch.get_num_threads()} threads)"
-
-
 def targets_from_args(args: argparse.Namespace) -> list[dict]:
     """What to benchmark: experiment id, how to build the model, img size and the checkpoint's metrics."""
     if args.model is not None:
         blocks = args.blocks or 1
         if args.blocks is not None and args.model != "convnext_tiny_transformer":
-            raise data.DataError(f"--blocks applies to --model convnext_tiny_transformer only, not {args.model}")
+            raise data.UserError(f"--blocks applies to --model convnext_tiny_transformer only, not {args.model}")
         hybrid = args.model == "convnext_tiny_transformer"
         name = args.model + (f"_{blocks}block" + "s" * (blocks > 1) if hybrid else "")
         return [{"experiment": name, "ckpt": None, "name": args.model, "blocks": blocks,
                  "img_size": args.img_size or 224, "accuracy": None, "macro_f1": None}]
     if args.blocks is not None:
-        raise data.DataError("--blocks applies to --model only; a checkpoint records its own blocks")
+        raise data.UserError("--blocks applies to --model only; a checkpoint records its own blocks")
     targets = []
     # Every checkpoint is read once up front, so a bad seventh file fails before six models were timed.
     for path in args.ckpt:
@@ -262,7 +248,7 @@ def bench_target(target: dict, args: argparse.Namespace, device: torch.device, a
         tag = f"{target['experiment']} batch {batch}"
         try:
             for row in measure(model, x, args, device, amp, tag):
-                rows.append({**base, "batch_size": batch, **row, "gflop_per_s": round(gflop * row["fps"], 1)})
+                rows.append({**base, "batch_size": batch, **row, "gflop_per_s": round(gflop * row["fps"], 3)})
         except torch.OutOfMemoryError:
             print(f"warning: {tag}: out of {device.type} memory, batch size skipped", file=sys.stderr, flush=True)
         if device.type == "cuda":
@@ -346,7 +332,7 @@ def main(args: argparse.Namespace) -> None:
     # The fast path's dtype: float16 autocast on CUDA (eager's too, unless --no-amp), float32 on the CPU.
     matmul_dtype = torch.float16 if device.type == "cuda" else torch.float32
     matmul_rate = round(matmul_gflop_per_s(device, matmul_dtype), 1)
-    common = {"device": device.type, "device_name": device_name(device), "torch_version": torch.__version__,
+    common = {"device": device.type, "device_name": models.device_name(device), "torch_version": torch.__version__,
               "matmul_gflop_per_s": matmul_rate, "matmul_dtype": str(matmul_dtype).removeprefix("torch."),
               "threads": torch.get_num_threads(), "amp": amp, "warmup": args.warmup, "iters": args.iters,
               "fast_variant": None, "compile_s": None, "max_abs_diff": None, "argmax_match": None, "speedup": None}
@@ -361,7 +347,7 @@ def main(args: argparse.Namespace) -> None:
         if rows:
             write_outputs(args.out, rows, args.batch_size)  # after each model, so a long run keeps what it measured
     if not rows:
-        raise data.DataError(f"nothing measured: every batch size ran out of {device.type} memory")
+        raise data.UserError(f"nothing measured: every batch size ran out of {device.type} memory")
     print(markdown(rows, args.batch_size), flush=True)
     print(f"wrote {os.path.join(args.out, 'benchmark.json')}, benchmark.csv, benchmark.md", flush=True)
 
@@ -370,5 +356,5 @@ if __name__ == "__main__":
     args = get_args_parser().parse_args()
     try:
         main(args)
-    except data.DataError as err:
+    except data.UserError as err:
         sys.exit(f"error: {err}")

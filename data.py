@@ -1,4 +1,4 @@
-"""AffectNet-8 data layer: index CSVs, face-crop decoding, transforms, loaders, converters, checks and a demo set.
+"""The data layer: index CSVs, face-crop decoding, transforms, loaders, converters, checks; the demo set's CLI.
 
 CLI: python data.py {check,affectnet,affectnet-npy,folder,demo,bench} --help
 """
@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
-import math
 import multiprocessing
 import os
 import random
@@ -22,7 +20,7 @@ from typing import IO, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms as T
 
@@ -43,13 +41,14 @@ BOX_COLUMNS: tuple[str, ...] = ("face_x", "face_y", "face_width", "face_height")
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-class DataError(Exception):
-    """The one user-facing error: a one-line message naming the file, CSV line or flag."""
+class UserError(Exception):
+    """Anything the user can fix (bad data, a bad flag, an unusable checkpoint, a full disk): every script prints
+    its one-line message, naming the file, CSV line or flag, and exits non-zero without a traceback."""
 
     def __init__(self, message: object = "") -> None:
         text = str(message)
         # DataLoader re-raises a worker's error as type(err)("Caught ... in DataLoader worker ...\n<traceback>");
-        # the traceback's last line is "data.DataError: <msg>", so recover <msg> to keep the CLI at one line.
+        # the traceback's last line is "data.UserError: <msg>", so recover <msg> to keep the CLI at one line.
         if text.startswith("Caught ") and "\n" in text:
             last = [line for line in text.splitlines() if line.strip()][-1]
             text = re.sub(r"^[\w.]+: ", "", last, count=1)
@@ -123,16 +122,16 @@ def _parse_int(text: str) -> int:
 
 @contextmanager
 def _csv_reader(path: Path) -> Iterator[csv.DictReader]:
-    """A DictReader with stripped column names; a missing header or undecodable text is a DataError."""
+    """A DictReader with stripped column names; a missing header or undecodable text is a UserError."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's UTF-8 exports start with a BOM
             reader = csv.DictReader(f)
             if not reader.fieldnames:
-                raise DataError(f"{path}: empty CSV (no header line)")
+                raise UserError(f"{path}: empty CSV (no header line)")
             reader.fieldnames = [c.strip() for c in reader.fieldnames]
             yield reader
     except (UnicodeDecodeError, csv.Error) as err:
-        raise DataError(f"{path}: not a readable UTF-8 CSV ({err})") from None
+        raise UserError(f"{path}: not a readable UTF-8 CSV ({err})") from None
 
 
 def _scan_index(csv_path: str | os.PathLike, data_root: str | os.PathLike | None,
@@ -140,19 +139,19 @@ def _scan_index(csv_path: str | os.PathLike, data_root: str | os.PathLike | None
     """Parse an index CSV, collecting every row problem as one line; structural problems raise at once."""
     csv_path = Path(csv_path)
     if not csv_path.is_file():
-        raise DataError(f"index CSV not found: {csv_path}")
+        raise UserError(f"index CSV not found: {csv_path}")
     root = Path(data_root) if data_root is not None else csv_path.parent
     if data_root is not None and not root.is_dir():
-        raise DataError(f"--data-root is not a folder: {root}")
+        raise UserError(f"--data-root is not a folder: {root}")
     with _csv_reader(csv_path) as reader:
         columns = reader.fieldnames
         missing = [c for c in ("path", "label") if c not in columns]
         if missing:
-            raise DataError(f"{csv_path}: missing required column(s) {', '.join(missing)} "
+            raise UserError(f"{csv_path}: missing required column(s) {', '.join(missing)} "
                             f"(found: {', '.join(columns)})")
         present_box = [c for c in BOX_COLUMNS if c in columns]
         if present_box and len(present_box) != len(BOX_COLUMNS):
-            raise DataError(f"{csv_path}: face box needs all of {', '.join(BOX_COLUMNS)} "
+            raise UserError(f"{csv_path}: face box needs all of {', '.join(BOX_COLUMNS)} "
                             f"(found only {', '.join(present_box)})")
         samples, problems = [], []
         for row in reader:
@@ -186,7 +185,7 @@ def _scan_index(csv_path: str | os.PathLike, data_root: str | os.PathLike | None
             file = path if os.path.isabs(path) else str(root / path)
             samples.append(Sample(path=path, file=file, label=label, box=box, line=line))
     if not samples and not problems:
-        raise DataError(f"{csv_path}: empty CSV (header but no rows)")
+        raise UserError(f"{csv_path}: empty CSV (header but no rows)")
     if check_files:
         absent = [s for s in samples if not os.path.isfile(s.file)]
         if absent:
@@ -198,12 +197,12 @@ def _scan_index(csv_path: str | os.PathLike, data_root: str | os.PathLike | None
 
 def read_index(csv_path: str | os.PathLike, data_root: str | os.PathLike | None = None,
                check_files: bool = True) -> list[Sample]:
-    """Read and validate an index CSV (path,label[,face box]); raises DataError on any problem."""
+    """Read and validate an index CSV (path,label[,face box]); raises UserError on any problem."""
     samples, problems = _scan_index(csv_path, data_root, check_files)
     if problems:
         more = f" (and {len(problems) - 1} more problems; see `python data.py check --csv {csv_path}`)" \
             if len(problems) > 1 else ""
-        raise DataError(problems[0] + more)
+        raise UserError(problems[0] + more)
     return samples
 
 
@@ -215,7 +214,7 @@ def class_counts(samples: Sequence[Sample], num_classes: int = len(CLASSES)) -> 
     return counts
 
 
-def _write_index(out: str | os.PathLike, rows: Sequence[Sequence[object]], columns: Sequence[str]) -> None:
+def write_index(out: str | os.PathLike, rows: Sequence[Sequence[object]], columns: Sequence[str]) -> None:
     """Write an index CSV atomically."""
     with atomic_write(out, "w") as f:
         writer = csv.writer(f, lineterminator="\n")
@@ -247,7 +246,7 @@ def load_face(sample: Sample, size: int | None = None, draft: bool = True) -> Im
                 x, y, w, h = sample.box
                 box = (max(0, x), max(0, y), min(full_w, x + w), min(full_h, y + h))
                 if box[2] <= box[0] or box[3] <= box[1]:
-                    raise DataError(f"face box {sample.box} lies outside the {full_w}x{full_h} image {where}")
+                    raise UserError(f"face box {sample.box} lies outside the {full_w}x{full_h} image {where}")
             ratio = 1.0  # decoded pixels per original pixel
             if size and draft and im.format == "JPEG":
                 scale = _draft_scale(box[2] - box[0], box[3] - box[1], size)
@@ -264,10 +263,10 @@ def load_face(sample: Sample, size: int | None = None, draft: bool = True) -> Im
             # Crop + resize in one step with a sub-pixel box: rounding the crop to the reduced grid would shift the
             # face by up to half a decoded pixel (the decoded size is rounded up, so the ratio comes from draft).
             return im.resize((size, size), Image.Resampling.BILINEAR, box=tuple(v * ratio for v in box))
-    except DataError:
+    except UserError:
         raise
     except Exception as err:  # Pillow reports damaged files with many exception types; all mean "unreadable"
-        raise DataError(f"cannot decode image {where}: {err or type(err).__name__}") from None
+        raise UserError(f"cannot decode image {where}: {err or type(err).__name__}") from None
 
 
 def build_transform(img_size: int, train: bool) -> Callable[[Image.Image], torch.Tensor]:
@@ -319,193 +318,6 @@ def make_loader(dataset: Dataset, batch_size: int, workers: int, shuffle: bool =
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Demo set: synthetic faces for the 8 expressions under in-the-wild nuisance
-# ---------------------------------------------------------------------------------------------------------------------
-# Face-frame units: u across (-1..1 = face half-width), v down (-1..1 = face half-height).
-# Per class: brow (inner end, outer end) vertical offset (+ = down), eye opening, mouth kind, mouth half-width,
-# corner lift (+ = up). The cues are deliberately large so a small CNN separates them at 64 px despite nuisance.
-_EXPRESSIONS = {
-    "neutral":  dict(brow=(0.00, 0.00), eye=1.00, mouth="line", width=0.30, lift=0.00),
-    "happy":    dict(brow=(0.00, 0.00), eye=0.65, mouth="smile", width=0.44, lift=0.22),
-    "sad":      dict(brow=(-0.14, 0.08), eye=0.70, mouth="line", width=0.28, lift=-0.16),
-    "surprise": dict(brow=(-0.20, -0.20), eye=1.60, mouth="oval", width=0.15, lift=0.00),
-    "fear":     dict(brow=(-0.18, -0.02), eye=1.60, mouth="grimace", width=0.42, lift=-0.08),
-    "disgust":  dict(brow=(0.06, 0.04), eye=0.45, mouth="snarl", width=0.34, lift=-0.10),
-    "anger":    dict(brow=(0.22, -0.08), eye=0.60, mouth="press", width=0.24, lift=-0.03),
-    "contempt": dict(brow=(0.00, -0.04), eye=0.90, mouth="smirk", width=0.32, lift=0.26),
-}
-_SKIN = np.array([[255, 224, 196], [241, 194, 160], [224, 172, 132], [198, 134, 90], [141, 85, 54], [92, 58, 38]])
-_HAIR = np.array([[20, 16, 14], [70, 45, 28], [120, 80, 40], [200, 170, 110], [150, 150, 150], [110, 30, 20]])
-
-
-def demo_counts(min_train_per_class: int = 24) -> list[int]:
-    """Training images per class: Table 2 proportions scaled so the smallest class has min_train_per_class."""
-    smallest = min(TABLE2_COUNTS)
-    return [max(min_train_per_class, round(c * min_train_per_class / smallest)) for c in TABLE2_COUNTS]
-
-
-def _color(rng: np.random.Generator, lo: int = 0, hi: int = 256) -> tuple[int, int, int]:
-    """Random RGB colour."""
-    return tuple(int(c) for c in rng.integers(lo, hi, 3))
-
-
-def _draw_face(draw: ImageDraw.ImageDraw, label: int, rng: np.random.Generator, size: int) -> None:
-    """Draw one face with the class's expression at a random position, scale, rotation, skin tone and hair."""
-    expr = _EXPRESSIONS[CLASSES[label]]
-    k = rng.uniform(0.8, 1.0)  # expression intensity: real faces are not all caricatures
-    rx = size * rng.uniform(0.30, 0.38)
-    ry = rx * rng.uniform(1.12, 1.25)
-    cx, cy = size * (0.5 + rng.uniform(-0.08, 0.08)), size * (0.5 + rng.uniform(-0.06, 0.06))
-    angle = math.radians(rng.uniform(-15, 15))
-    cos, sin = math.cos(angle), math.sin(angle)
-
-    def P(u: float, v: float) -> tuple[float, float]:
-        """Face-frame point -> canvas pixel (scaled, rotated, placed)."""
-        x, y = u * rx, v * ry
-        return cx + x * cos - y * sin, cy + x * sin + y * cos
-
-    def ellipse(uc: float, vc: float, au: float, av: float, n: int = 24) -> list[tuple[float, float]]:
-        """Polygon of an ellipse in the face frame (a polygon, so it rotates with the face)."""
-        return [P(uc + au * math.cos(t), vc + av * math.sin(t)) for t in np.linspace(0, 2 * math.pi, n, endpoint=False)]
-
-    def curve(f: Callable[[float], float], u0: float, u1: float, n: int = 12) -> list[tuple[float, float]]:
-        """Polyline v = f(u) for u from u0 to u1."""
-        return [P(u, f(u)) for u in np.linspace(u0, u1, n)]
-
-    skin = _SKIN[rng.integers(len(_SKIN))] * rng.uniform(0.9, 1.08) + rng.normal(0, 6, 3)
-    skin = tuple(int(c) for c in np.clip(skin, 0, 255))
-    dark = tuple(int(c * 0.55) for c in skin)
-    lip = tuple(int(c) for c in np.clip(np.array(skin) * [0.75, 0.45, 0.45], 0, 255))
-    line_w = max(1, round(0.09 * ry))
-
-    draw.polygon([P(-0.45, 0.9), P(0.45, 0.9), P(0.6, 2.5), P(-0.6, 2.5)], fill=dark)  # neck
-    draw.polygon(ellipse(-1.02, 0.05, 0.14, 0.22, 12), fill=skin)  # ears
-    draw.polygon(ellipse(1.02, 0.05, 0.14, 0.22, 12), fill=skin)
-    if rng.random() < 0.85:  # hair cap behind the face; some people are bald
-        hair = tuple(int(c) for c in _HAIR[rng.integers(len(_HAIR))])
-        draw.polygon(ellipse(0, -0.25, 1.1, 0.85 + rng.uniform(0, 0.15)), fill=hair)
-    draw.polygon(ellipse(0, 0, 1, 1, 40), fill=skin)
-
-    # Eyes: white + iris, opening scaled per class; the iris looks slightly left/right at random.
-    open_ = 1 + (expr["eye"] - 1) * k
-    gaze = rng.uniform(-0.05, 0.05)
-    for side in (-1, 1):
-        eu, ev = 0.38 * side, -0.12
-        draw.polygon(ellipse(eu, ev, 0.17, 0.085 * open_, 16), fill=(235, 235, 230), outline=dark)
-        iris = min(0.075, 0.085 * open_)
-        draw.polygon(ellipse(eu + gaze, ev, iris * 1.2, iris, 12), fill=(40, 30, 25))
-        # Brows: inner end near the nose, outer end at the temple; offsets make the V (anger) or /\ (sad) shapes.
-        inner, outer = expr["brow"][0] * k, expr["brow"][1] * k
-        base = -0.36 - (0.1 if expr["eye"] > 1.3 else 0) * k
-        draw.line([P(0.12 * side, base + inner), P(0.35 * side, base + (inner + outer) / 2 - 0.03),
-                   P(0.6 * side, base + outer)], fill=dark, width=max(1, round(0.11 * ry)), joint="curve")
-
-    # Nose; disgust adds wrinkles across the bridge.
-    draw.line([P(0, -0.05), P(-0.06, 0.22), P(0.06, 0.24)], fill=dark, width=max(1, line_w // 2))
-    if CLASSES[label] == "disgust":
-        for v in (-0.02, 0.06):
-            draw.line(curve(lambda u, v=v: v + 2 * u * u, -0.14, 0.14, 6), fill=dark, width=max(1, line_w // 2))
-
-    # Mouth at v = 0.55: either a closed line with curved / lifted corners, or an open polygon.
-    mv, w, lift, kind = 0.55, expr["width"] * (0.9 + 0.2 * k), expr["lift"] * k, expr["mouth"]
-    if kind in ("line", "press"):
-        f = lambda u: mv - lift * (u / w) ** 2
-        draw.line(curve(f, -w, w), fill=lip, width=line_w * (2 if kind == "press" else 1), joint="curve")
-    elif kind == "smirk":
-        side = 1 if rng.random() < 0.5 else -1  # contempt is one-sided, on either side
-        f = lambda u: mv - lift * max(0.0, side * u / w) ** 2
-        draw.line(curve(f, -w, w), fill=lip, width=line_w, joint="curve")
-        draw.line([P(side * w * 1.05, mv - lift * 1.1), P(side * w * 1.2, mv - lift * 0.7)], fill=dark,
-                  width=max(1, line_w // 2))  # the dimple at the raised corner
-    elif kind == "oval":
-        draw.polygon(ellipse(0, mv + 0.05, w * (0.9 + 0.2 * k), 0.2 * k, 20), fill=(60, 20, 20), outline=lip)
-    else:
-        # Open mouth between an upper and a lower lip curve, teeth showing along the upper lip.
-        opening = {"smile": 0.18, "grimace": 0.16, "snarl": 0.12}[kind] * k
-        if kind == "smile":
-            upper = lambda u: mv - lift * (u / w) ** 2
-            lower = lambda u: upper(u) + opening * (1 - (u / w) ** 2)
-        elif kind == "grimace":
-            upper = lambda u: mv - lift * (u / w) ** 2 - 0.02
-            lower = lambda u: upper(u) + opening * (1 - (u / w) ** 8)
-        else:  # snarl: the upper lip is raised on one side
-            upper = lambda u: mv - 0.12 * k * max(0.0, 1 - abs(u - 0.3 * w) / (0.6 * w)) - lift * (u / w) ** 2
-            lower = lambda u: mv + opening * (1 - (u / w) ** 2) ** 0.5 - lift * (u / w) ** 2
-        outline = curve(upper, -w, w, 14) + curve(lower, w, -w, 14)
-        draw.polygon(outline, fill=(245, 245, 235))
-        teeth = lambda u: upper(u) + 0.55 * (lower(u) - upper(u))
-        draw.polygon(curve(teeth, -w, w, 14) + curve(lower, w, -w, 14), fill=(60, 20, 20))
-        draw.line(outline + outline[:1], fill=lip, width=max(1, line_w // 2))
-
-
-def _demo_image(label: int, rng: np.random.Generator, image_size: int) -> Image.Image:
-    """One demo image: cluttered background, a face, an occasional occluder, then lighting, blur and noise."""
-    size = image_size * 2  # draw at 2x and downsample: cheap anti-aliasing
-    image = Image.new("RGB", (size, size), _color(rng, 40, 220))
-    draw = ImageDraw.Draw(image)
-    for _ in range(int(rng.integers(3, 9))):  # clutter: shapes of random colour anywhere in the frame
-        x0, y0 = rng.uniform(-0.2, 1, 2) * size
-        x1, y1 = x0 + rng.uniform(0.1, 0.6) * size, y0 + rng.uniform(0.1, 0.6) * size
-        shape = int(rng.integers(3))
-        if shape == 0:
-            draw.rectangle([x0, y0, x1, y1], fill=_color(rng))
-        elif shape == 1:
-            draw.ellipse([x0, y0, x1, y1], fill=_color(rng))
-        else:
-            draw.line([x0, y0, x1, y1], fill=_color(rng), width=int(rng.integers(2, 8)))
-    _draw_face(draw, label, rng, size)
-    if rng.random() < 0.12:  # occluder: a hand, cup or microphone in front of part of the face
-        x0, y0 = rng.uniform(0.15, 0.7, 2) * size
-        ext = rng.uniform(0.12, 0.28, 2) * size
-        draw.rounded_rectangle([x0, y0, x0 + ext[0], y0 + ext[1]], radius=int(ext.min() / 3), fill=_color(rng))
-    image = image.resize((image_size, image_size), Image.Resampling.BOX)
-
-    # Lighting: global gain, per-channel colour cast and a linear gradient in a random direction; then sensor noise.
-    ramp = np.linspace(-0.5, 0.5, image_size, dtype=np.float32)
-    phi, strength = rng.uniform(0, 2 * math.pi), rng.uniform(0, 0.5)
-    shade = rng.uniform(0.75, 1.2) * (1 + strength * (ramp[None, :] * math.cos(phi) + ramp[:, None] * math.sin(phi)))
-    pixels = np.asarray(image, dtype=np.float32) * shade[..., None] * rng.uniform(0.9, 1.1, 3).astype(np.float32)
-    pixels += rng.standard_normal(pixels.shape, dtype=np.float32) * rng.uniform(0, 8)
-    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
-    if rng.random() < 0.5:
-        image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2) * image_size / 96))
-    return image
-
-
-def _demo_file(job: tuple[Path, str, int, int, int, int, int]) -> None:
-    """Pool worker: render one demo image and write it atomically."""
-    out, rel, seed, split_id, label, index, image_size = job
-    # One generator per image, keyed by (seed, split, class, index): no byte depends on order or on the worker.
-    rng = np.random.default_rng([seed, split_id, label, index])
-    buffer = io.BytesIO()
-    # Fixed quality and no EXIF/ICC/timestamps: the same seed gives byte-identical files.
-    _demo_image(label, rng, image_size).save(buffer, "JPEG", quality=90)
-    with atomic_write(out / rel, "wb") as f:
-        f.write(buffer.getvalue())
-
-
-def make_demo(out_dir: str | os.PathLike, seed: int = 42, min_train_per_class: int = 24, val_per_class: int = 30,
-              image_size: int = 96) -> tuple[Path, Path]:
-    """Write a deterministic synthetic demo set (JPEGs + train.csv, val.csv); returns (train_csv, val_csv)."""
-    out = Path(out_dir)
-    splits = {"train": demo_counts(min_train_per_class), "val": [val_per_class] * len(CLASSES)}
-    jobs, rows = [], {split: [] for split in splits}
-    for split_id, (split, counts) in enumerate(splits.items()):
-        for label, count in enumerate(counts):
-            for i in range(count):
-                rel = f"{split}/{CLASSES[label]}/{CLASSES[label]}_{i:05d}.jpg"
-                jobs.append((out, rel, seed, split_id, label, i, image_size))
-                rows[split].append((rel, label))
-    progress = Progress(len(jobs), "demo")
-    with multiprocessing.Pool(os.cpu_count()) as pool:
-        for _ in pool.imap_unordered(_demo_file, jobs, chunksize=16):
-            progress.step()
-    for split in splits:  # the index files last: they only ever list images that are complete
-        _write_index(out / f"{split}.csv", rows[split], ("path", "label"))
-    return out / "train.csv", out / "val.csv"
-
-
-# ---------------------------------------------------------------------------------------------------------------------
 # Converters: the AffectNet layouts users hold -> index CSV
 # ---------------------------------------------------------------------------------------------------------------------
 _AFFECTNET_DROPPED_CODES = {8: "None", 9: "Uncertain", 10: "No-Face"}
@@ -529,14 +341,14 @@ def convert_affectnet(csv_path: str | os.PathLike, out: str | os.PathLike,
     """Full release training.csv / validation.csv -> index CSV with face boxes; returns (kept, dropped reasons)."""
     csv_path, out = Path(csv_path), Path(out)
     if not csv_path.is_file():
-        raise DataError(f"AffectNet CSV not found: {csv_path}")
+        raise UserError(f"AffectNet CSV not found: {csv_path}")
     needed = ("subDirectory_filePath", *BOX_COLUMNS, "expression")
     rows, dropped = [], {}
     with _csv_reader(csv_path) as reader:
         columns = reader.fieldnames
         missing = [c for c in needed if c not in columns]
         if missing:
-            raise DataError(f"{csv_path}: missing AffectNet column(s) {', '.join(missing)} "
+            raise UserError(f"{csv_path}: missing AffectNet column(s) {', '.join(missing)} "
                             f"(found: {', '.join(columns)})")
         for row in reader:
             try:
@@ -566,8 +378,8 @@ def convert_affectnet(csv_path: str | os.PathLike, out: str | os.PathLike,
                     continue
             dropped[reason] = dropped.get(reason, 0) + 1
     if not rows:
-        raise DataError(f"{csv_path}: no usable rows (dropped: {dropped})")
-    _write_index(out, rows, ("path", "label", *BOX_COLUMNS))
+        raise UserError(f"{csv_path}: no usable rows (dropped: {dropped})")
+    write_index(out, rows, ("path", "label", *BOX_COLUMNS))
     return len(rows), dropped
 
 
@@ -590,7 +402,7 @@ def convert_affectnet_npy(split_dir: str | os.PathLike, out: str | os.PathLike) 
     images_dir, annotations_dir = split_dir / "images", split_dir / "annotations"
     for folder in (images_dir, annotations_dir):
         if not folder.is_dir():
-            raise DataError(f"not a cropped AffectNet split (missing folder): {folder}")
+            raise UserError(f"not a cropped AffectNet split (missing folder): {folder}")
     # Numeric stems sort as numbers so the index follows the release's own numbering.
     key = lambda p: (0, int(p.stem), "") if p.stem.isdigit() else (1, 0, p.stem)
     images = sorted((p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS), key=key)
@@ -615,8 +427,8 @@ def convert_affectnet_npy(split_dir: str | os.PathLike, out: str | os.PathLike) 
     if orphans:
         dropped["annotation without an image (not a row)"] = orphans
     if not rows:
-        raise DataError(f"{split_dir}: no usable images (dropped: {dropped})")
-    _write_index(out, rows, ("path", "label"))
+        raise UserError(f"{split_dir}: no usable images (dropped: {dropped})")
+    write_index(out, rows, ("path", "label"))
     return len(rows), dropped
 
 
@@ -624,13 +436,13 @@ def convert_folder(root: str | os.PathLike, out: str | os.PathLike) -> tuple[int
     """One folder per class, named by index or class name (case-insensitive, common variants) -> index CSV."""
     root, out = Path(root), Path(out)
     if not root.is_dir():
-        raise DataError(f"class folder root not found: {root}")
+        raise UserError(f"class folder root not found: {root}")
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
-        raise DataError(f"{root}: no class folders (expected one folder per class, named 0-7 or by class name)")
+        raise UserError(f"{root}: no class folders (expected one folder per class, named 0-7 or by class name)")
     unknown = [p.name for p in folders if p.name.strip().lower() not in CLASS_ALIASES]
     if unknown:
-        raise DataError(f"{root}: unknown class folder name(s) {', '.join(unknown)}; found "
+        raise UserError(f"{root}: unknown class folder name(s) {', '.join(unknown)}; found "
                         f"{', '.join(p.name for p in folders)}; expected 0-7 or names like {', '.join(CLASSES)}")
     rows, dropped = [], {}
     for folder in folders:
@@ -642,8 +454,8 @@ def convert_folder(root: str | os.PathLike, out: str | os.PathLike) -> tuple[int
             else:
                 dropped["not an image file extension"] = dropped.get("not an image file extension", 0) + 1
     if not rows:
-        raise DataError(f"{root}: no image files in the class folders")
-    _write_index(out, rows, ("path", "label"))
+        raise UserError(f"{root}: no image files in the class folders")
+    write_index(out, rows, ("path", "label"))
     return len(rows), dropped
 
 
@@ -656,13 +468,13 @@ def _decode_problem(job: tuple[Sample, int]) -> str | None:
     sample, img_size = job
     try:
         load_face(sample, img_size)
-    except DataError as err:
+    except UserError as err:
         return str(err)
     return None
 
 
 def _focal_alpha(counts: list[int]) -> list[float]:
-    """Alpha from losses.class_alpha (the one copy of the formula); a zero-count class becomes a DataError."""
+    """Alpha from losses.class_alpha (the one copy of the formula); a zero-count class becomes a UserError."""
     import losses  # imported here: converters and demo must work without the training stack
 
     try:
@@ -670,8 +482,8 @@ def _focal_alpha(counts: list[int]) -> list[float]:
     except ValueError as err:
         empty = [f"{i} {name}" for i, (name, n) in enumerate(zip(CLASSES, counts)) if n == 0]
         if empty:
-            raise DataError(f"focal alpha needs images of every class; none of class {', '.join(empty)}") from None
-        raise DataError(f"focal alpha: {err}") from None
+            raise UserError(f"focal alpha needs images of every class; none of class {', '.join(empty)}") from None
+        raise UserError(f"focal alpha: {err}") from None
 
 
 def check_index(csv_path: str | os.PathLike, data_root: str | os.PathLike | None = None, files: bool = True,
@@ -694,7 +506,7 @@ def check_index(csv_path: str | os.PathLike, data_root: str | os.PathLike | None
     total = max(1, sum(counts))
     try:
         alpha = _focal_alpha(counts)
-    except DataError as err:
+    except UserError as err:
         alpha, problems = None, problems + [str(err)]
     print(f"{'index':>5}  {'class':<9} {'count':>9} {'share':>8} {'alpha':>9}")
     for i, name in enumerate(CLASSES):
@@ -823,7 +635,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> None:
-    """Run one sub-command; bad input raises DataError."""
+    """Run one sub-command; bad input raises UserError."""
     if args.command == "check":
         problems = check_index(args.csv, args.data_root, files=not args.no_files, decode=args.decode,
                                img_size=args.img_size)
@@ -833,7 +645,7 @@ def main(args: argparse.Namespace) -> None:
                 print(f"problem: {problem}")
             if len(problems) > 100:
                 print(f"... and {len(problems) - 100} more problems")
-            raise DataError(f"{len(problems)} problem(s) in {args.csv}; first: {problems[0]}")
+            raise UserError(f"{len(problems)} problem(s) in {args.csv}; first: {problems[0]}")
         print(f"ok: {args.csv}")
     elif args.command == "affectnet":
         _report(Path(args.out), *convert_affectnet(args.csv, args.out, args.images_root))
@@ -843,9 +655,11 @@ def main(args: argparse.Namespace) -> None:
         _report(Path(args.out), *convert_folder(args.root, args.out))
     elif args.command == "demo":
         start = time.perf_counter()
-        train_csv, val_csv = make_demo(args.out, args.seed, args.min_train_per_class, args.val_per_class,
+        import demo  # the renderer; not needed by anything else in this file
+
+        train_csv, val_csv = demo.make_demo(args.out, args.seed, args.min_train_per_class, args.val_per_class,
                                        args.image_size)
-        counts = demo_counts(args.min_train_per_class)
+        counts = demo.demo_counts(args.min_train_per_class)
         print(f"wrote {train_csv} ({sum(counts)} images: "
               + ", ".join(f"{n} {c}" for n, c in zip(counts, CLASSES))
               + f") and {val_csv} ({args.val_per_class * len(CLASSES)} images) in {time.perf_counter() - start:.1f}s")
@@ -864,8 +678,12 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    args = get_args_parser().parse_args()
+    # Run as the module `data`, not `__main__`: demo.py imports `data`, and its errors must be the UserError
+    # caught here.
+    import data
+
+    args = data.get_args_parser().parse_args()
     try:
-        main(args)
-    except DataError as err:
+        data.main(args)
+    except data.UserError as err:
         sys.exit(f"error: {err}")

@@ -14,6 +14,7 @@ import os
 import sys
 
 import data
+import evaluate
 import metrics
 
 # (configuration as in metrics.THESIS_RESCUE, report folder, checkpoints used (None = all), h-flip TTA)
@@ -31,25 +32,25 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="checkpoints to ensemble (any architectures, same classes and image size); "
                              "with --table the first is the 'single checkpoint'")
     parser.add_argument("--table", action="store_true", help="score the four Table 6 configurations")
-    metrics.add_eval_args(parser, require_val=True)
+    evaluate.add_eval_args(parser, require_val=True)
     return parser
 
 
 def main(args: argparse.Namespace) -> None:
     if args.table and len(args.ckpt) < 2:
-        raise data.DataError("--table compares a single checkpoint with an ensemble: give two or more --ckpt")
+        raise data.UserError("--table compares a single checkpoint with an ensemble: give two or more --ckpt")
     hflip = args.table or args.tta == "hflip"
-    val = metrics.infer_checkpoints(args.ckpt, args.val_csv, args.data_root, args.batch_size, args.workers,
+    val = evaluate.infer_checkpoints(args.ckpt, args.val_csv, args.data_root, args.batch_size, args.workers,
                                     args.device, args.amp, hflip)
     if not args.table:
-        result = metrics.report_logits(args.out, val.average(hflip=hflip), val, val.title(hflip=hflip))
+        result = evaluate.report_logits(args.out, val.average(hflip=hflip), val, val.title(hflip=hflip))
         print(metrics.format_table(result))
         print(f"report written to {args.out}")
         return
 
     rows = []
     for name, folder, count, flip in CONFIGURATIONS:
-        result = metrics.report_logits(os.path.join(args.out, folder), val.average(count, flip), val,
+        result = evaluate.report_logits(os.path.join(args.out, folder), val.average(count, flip), val,
                                        val.title(count, flip))
         thesis_acc, thesis_f1 = metrics.THESIS_RESCUE[name]
         rows.append([name, result["accuracy"], result["macro_f1"], thesis_acc, thesis_f1, folder])
@@ -72,5 +73,5 @@ if __name__ == "__main__":
     args = get_args_parser().parse_args()
     try:
         main(args)
-    except data.DataError as err:
+    except data.UserError as err:
         sys.exit(f"error: {err}")

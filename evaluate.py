@@ -7,18 +7,113 @@ Writes metrics.json, per_class.csv, confusion_matrix[_normalized].csv/.png (and 
 and prints the per-class table of thesis Tables 9/10 with accuracy and macro-F1.
 """
 import argparse
+import os
 import sys
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
 
 import data
 import metrics
+import models
 
+
+# --- The evaluation pipeline (ensemble_tta.py uses it too) ---
+
+def add_eval_args(parser: argparse.ArgumentParser, require_val: bool) -> None:
+    """The validation-set and inference flags common to evaluate.py and ensemble_tta.py."""
+    parser.add_argument("--val-csv", required=require_val, help="validation index CSV (path,label[,face box])")
+    parser.add_argument("--data-root", default=None, help="folder relative image paths start from (default: the CSV's)")
+    parser.add_argument("--tta", choices=("none", "hflip"), default="none",
+                        help="hflip: average the logits of each image and its mirror")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="data-loading processes")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
+                        help="float16 autocast on CUDA (default: on)")
+    parser.add_argument("--out", required=True, help="folder for the report files")
+
+
+@dataclass
+class ValLogits:
+    """Validation logits of one or more checkpoints on one validation set, one tensor [N, C] per checkpoint."""
+    plain: list[torch.Tensor]
+    flipped: list[torch.Tensor] | None  # mirrored view, only when computed
+    labels: torch.Tensor
+    samples: list[data.Sample]
+    classes: list[str]
+    names: list[str]  # experiment name of each checkpoint
+
+    def average(self, count: int | None = None, hflip: bool = False) -> torch.Tensor:
+        """Mean logits of the first `count` checkpoints (all when None), over both views when hflip."""
+        count = len(self.plain) if count is None else count
+        if not hflip:
+            return torch.stack(self.plain[:count]).mean(dim=0)
+        if self.flipped is None:
+            raise ValueError("mirrored logits were not computed (pass hflip=True to infer_checkpoints)")
+        # Views first, then checkpoints: a checkpoint ensembled with itself then gives exactly its own logits.
+        views = [torch.stack([p, f]).mean(dim=0) for p, f in zip(self.plain[:count], self.flipped[:count])]
+        return torch.stack(views).mean(dim=0)
+
+    def title(self, count: int | None = None, hflip: bool = False) -> str:
+        """Report title naming the checkpoints and the TTA."""
+        names = self.names[:len(self.plain) if count is None else count]
+        prefix = f"ensemble of {len(names)}: " if len(names) > 1 else ""
+        return f"{prefix}{' + '.join(names)}, {'h-flip' if hflip else 'no'} TTA"
+
+
+def _classes_and_size(arch: dict) -> tuple[list[str], int]:
+    """A checkpoint's class list and input size (the thesis's when the arch predates those keys)."""
+    return list(arch.get("classes", data.CLASSES)), int(arch.get("img_size", 224))
+
+
+def infer_checkpoints(ckpts: Sequence[str], val_csv: str, data_root: str | None = None, batch_size: int = 128,
+                      workers: int = 0, device: str = "auto", amp: bool = True, hflip: bool = False) -> ValLogits:
+    """Validation logits of checkpoints that share classes and image size: one pass per checkpoint (both views)."""
+    samples = data.read_index(val_csv, data_root)
+    dev = models.resolve_device(device)
+    loaded = [(path, *models.load_model(path, dev)) for path in ckpts]  # all first: a mismatch fails before inference
+    classes, size = _classes_and_size(loaded[0][2]["arch"])
+    for path, _, meta in loaded[1:]:
+        other_classes, other_size = _classes_and_size(meta["arch"])
+        if other_classes != classes:
+            raise data.UserError(f"{path}: classes {','.join(other_classes)} differ from {ckpts[0]}'s "
+                                 f"{','.join(classes)}; ensembled checkpoints need the same class list")
+        if other_size != size:
+            raise data.UserError(f"{path}: image size {other_size} px differs from {ckpts[0]}'s {size} px; "
+                                 "ensembled checkpoints need the same image size")
+    loader = data.make_loader(data.FaceDataset(samples, img_size=size, train=False), batch_size=batch_size,
+                              workers=workers)
+    plain, flipped, labels = [], [], None
+    for path, model, _ in loaded:
+        logits, mirrored, labels = models.predict_views(model, loader, dev, amp=amp, hflip=hflip,
+                                                        progress=os.path.basename(path))
+        plain.append(logits)
+        flipped.append(mirrored)
+    names = [meta.get("experiment") or os.path.splitext(os.path.basename(path))[0] for path, _, meta in loaded]
+    return ValLogits(plain, flipped if hflip else None, labels, samples, classes, names)
+
+
+def report_logits(out_dir: str, logits: torch.Tensor, val: ValLogits, title: str) -> dict:
+    """Score logits against the validation labels, write the full report with predictions.csv, return the metrics."""
+    preds = logits.argmax(dim=1)
+    probs = torch.softmax(logits.float(), dim=1).numpy()
+    result = metrics.compute_metrics(val.labels.tolist(), preds.tolist(), val.classes)
+    paths = [s.path for s in val.samples]
+    metrics.write_report(out_dir, result, val.classes, predictions=(paths, val.labels.tolist(), preds.tolist(), probs),
+                 title=title)
+    return result
+
+
+# --- CLI ---
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--ckpt", help="checkpoint written by train.py (image size and classes come from it)")
     source.add_argument("--predictions", help="predictions.csv (path,label,pred[,prob_<class>...]) to re-score")
-    metrics.add_eval_args(parser, require_val=False)
+    add_eval_args(parser, require_val=False)
     return parser
 
 
@@ -29,11 +124,11 @@ def main(args: argparse.Namespace) -> None:
         metrics.write_report(args.out, result, classes, title=f"re-scored {args.predictions}")
     else:
         if not args.val_csv:
-            raise data.DataError("--val-csv is required with --ckpt")
+            raise data.UserError("--val-csv is required with --ckpt")
         hflip = args.tta == "hflip"
-        val = metrics.infer_checkpoints([args.ckpt], args.val_csv, args.data_root, args.batch_size, args.workers,
+        val = infer_checkpoints([args.ckpt], args.val_csv, args.data_root, args.batch_size, args.workers,
                                         args.device, args.amp, hflip)
-        result = metrics.report_logits(args.out, val.average(hflip=hflip), val, val.title(hflip=hflip))
+        result = report_logits(args.out, val.average(hflip=hflip), val, val.title(hflip=hflip))
     print(metrics.format_table(result))
     print(f"report written to {args.out}")
 
@@ -42,5 +137,5 @@ if __name__ == "__main__":
     args = get_args_parser().parse_args()
     try:
         main(args)
-    except data.DataError as err:
+    except data.UserError as err:
         sys.exit(f"error: {err}")

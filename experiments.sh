@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Replays the thesis end to end: the seven training runs (SPEC.md), the inference-side rescue
+# Replays the thesis end to end: the seven training runs, the inference-side rescue
 # (Table 6), the efficiency benchmark (Table 7), and results/summary.md with our numbers beside
 # the thesis's.
 #
@@ -114,7 +114,7 @@ run() {
 START=$(date +%s)
 echo "==> results in $RESULTS (train: $TRAIN_CSV, val: $VAL_CSV, epochs: $EPOCHS, device: $DEVICE)"
 
-# 1. The seven thesis runs (SPEC.md), in the thesis's order.
+# 1. The seven thesis runs, in the thesis's order.
 run baseline_resnet50_ce_run1                     --model resnet50 --loss ce --lr "$(lr 1e-4)"
 run convnext_tiny_baseline_ce_run1                --model convnext_tiny --loss ce --lr "$(lr 1e-4)"
 run convnext_tiny_transformer_ce_run1             --model convnext_tiny_transformer --blocks 1 --loss ce --lr "$(lr 1e-4)"

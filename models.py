@@ -9,6 +9,7 @@ import contextlib
 import copy
 import os
 import pickle
+import platform
 import re
 import socket
 import sys
@@ -44,7 +45,7 @@ _HEAD_KEYS = {"resnet50": ("fc.weight", "fc.bias"),
 D_MODEL, N_HEADS, D_FF, DROPOUT = 256, 8, 512, 0.1
 
 
-class CheckpointError(data.DataError):
+class CheckpointError(data.UserError):
     """A checkpoint or weights file that cannot be used; the message is one line naming the file."""
 
 
@@ -235,13 +236,26 @@ def resolve_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise data.DataError(f"--device {name}: not a device name (use auto, cpu, cuda or cuda:N)") from None
+        raise data.UserError(f"--device {name}: not a device name (use auto, cpu, cuda or cuda:N)") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise data.DataError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+            raise data.UserError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise data.DataError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+            raise data.UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
     return device
+
+
+def device_name(device: torch.device) -> str:
+    """A readable name of the device, e.g. 'NVIDIA H100 NVL' or 'AMD EPYC (2 threads)'."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name} ({torch.get_num_threads()} threads)"
 
 
 def autocast(device: torch.device | str, enabled: bool, dtype: torch.dtype = torch.float16) -> ContextManager:
@@ -358,6 +372,22 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> t
 
 # --- Batched inference (used by train, evaluate, ensemble_tta) ---
 
+def inference_autocast(device: torch.device | str, amp: bool) -> ContextManager:
+    """Float16 autocast for inference when amp and on CUDA; nothing on CPU, where autocast would mean bfloat16,
+    which changes the logits (evaluation, TTA and predict.py all score through this rule)."""
+    return autocast(device, amp and torch.device(device).type == "cuda")
+
+
+def forward_views(forward: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, hflip: bool
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Float32 logits of the images and (hflip) of their mirrors, from one forward pass over both."""
+    n = images.shape[0]
+    if hflip:  # dims=[3] is the width axis of [B, C, H, W]
+        images = torch.cat([images, torch.flip(images, dims=[3])])
+    logits = forward(images).float()
+    return (logits[:n], logits[n:]) if hflip else (logits, None)
+
+
 @torch.inference_mode()
 def predict_views(model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device | str,
                   amp: bool = False, hflip: bool = False, progress: str | None = None
@@ -370,19 +400,14 @@ def predict_views(model: nn.Module, loader: torch.utils.data.DataLoader, device:
     plain, mirrored, labels = [], [], []
     try:
         for images, targets in loader:
-            images = images.to(device, non_blocking=True)
-            n = images.shape[0]
-            if hflip:  # one forward over image + mirror; dims=[3] is the width axis of [B, C, H, W]
-                images = torch.cat([images, torch.flip(images, dims=[3])])
-            # fp16 autocast only on CUDA: models.autocast would run bfloat16 on CPU, which changes the logits.
-            with autocast(device, amp and device.type == "cuda"):
-                logits = model(images).float()
-            plain.append(logits[:n])
+            with inference_autocast(device, amp):
+                logits, flipped = forward_views(model, images.to(device, non_blocking=True), hflip)
+            plain.append(logits)
             if hflip:
-                mirrored.append(logits[n:])
+                mirrored.append(flipped)
             labels.append(torch.as_tensor(targets))
             if meter is not None:
-                meter.step(n)
+                meter.step(images.shape[0])
     finally:
         model.train(was_training)
     if not plain:

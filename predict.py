@@ -23,10 +23,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 import data
 import models
+import plots
 
 VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 INSTALL_HINT = "pip install -r requirements-video.txt"
@@ -39,7 +40,7 @@ Box = tuple[int, int, int, int]  # x, y, w, h in pixels
 
 
 def import_cv2(feature: str) -> Any:
-    """OpenCV, imported on first use; a one-line DataError naming `feature` when it is not installed."""
+    """OpenCV, imported on first use; a one-line UserError naming `feature` when it is not installed."""
     # OpenCV and FFmpeg would print their own warnings about a broken file or an absent camera ahead of our
     # one-line error; keep them quiet unless the user asked for them.
     os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
@@ -47,7 +48,7 @@ def import_cv2(feature: str) -> Any:
     try:
         import cv2
     except ImportError:
-        raise data.DataError(f"{feature} needs OpenCV: {INSTALL_HINT}") from None
+        raise data.UserError(f"{feature} needs OpenCV: {INSTALL_HINT}") from None
     return cv2
 
 
@@ -84,22 +85,22 @@ def collect_sources(inputs: Sequence[str], camera: int | None, out_dir: Path) ->
             found = [p for p in sorted(path.rglob("*"))
                      if p.is_file() and _kind(p) and out_dir not in p.resolve().parents]
             if not found:
-                raise data.DataError(f"no images or videos in folder {item} "
+                raise data.UserError(f"no images or videos in folder {item} "
                                      f"(looked for {', '.join(data.IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)})")
             top = path.resolve().name or "input"
             sources += [Source(_kind(p), str(p), str(p), str(Path(top, p.relative_to(path)))) for p in found]
         elif path.is_file():
             kind = _kind(path)
             if kind is None:
-                raise data.DataError(f"{item}: not an image or video file (known extensions: "
+                raise data.UserError(f"{item}: not an image or video file (known extensions: "
                                      f"{', '.join(data.IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)})")
             sources.append(Source(kind, str(path), item, path.name))
         else:
-            raise data.DataError(f"input not found: {item}")
+            raise data.UserError(f"input not found: {item}")
     if camera is not None:
         sources.append(Source("camera", str(camera), f"camera:{camera}", f"camera{camera}"))
     if not sources:
-        raise data.DataError("nothing to do: give image / video files or folders, or --camera N")
+        raise data.UserError("nothing to do: give image / video files or folders, or --camera N")
     return sources
 
 
@@ -109,7 +110,7 @@ def image_size(path: str) -> tuple[int, int]:
         with Image.open(path) as im:
             return im.size
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise data.DataError(f"cannot read image {path}: {err}") from None
+        raise data.UserError(f"cannot read image {path}: {err}") from None
 
 
 def check_video(cv2: Any, path: str) -> None:
@@ -118,7 +119,7 @@ def check_video(cv2: Any, path: str) -> None:
     opened = capture.isOpened()
     capture.release()
     if not opened:
-        raise data.DataError(f"cannot open video {path} (not a video, damaged, or a codec OpenCV lacks)")
+        raise data.UserError(f"cannot open video {path} (not a video, damaged, or a codec OpenCV lacks)")
 
 
 def read_gray(path: str, max_side: int) -> tuple[np.ndarray, float]:
@@ -130,7 +131,7 @@ def read_gray(path: str, max_side: int) -> tuple[np.ndarray, float]:
             im.draft("L", (max_side, max_side))  # no-op for formats other than JPEG
             gray = np.asarray(im.convert("L"))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise data.DataError(f"cannot read image {path}: {err}") from None
+        raise data.UserError(f"cannot read image {path}: {err}") from None
     return gray, full_w / gray.shape[1]
 
 
@@ -143,12 +144,12 @@ class FaceDetector:
 
     def __init__(self, cv2: Any, min_face: int = 40, max_side: int = 640) -> None:
         if not hasattr(cv2, "CascadeClassifier"):  # OpenCV 5 moved the cascades out of the main package
-            raise data.DataError(f"face detection needs OpenCV 4 with its Haar cascades, found OpenCV "
+            raise data.UserError(f"face detection needs OpenCV 4 with its Haar cascades, found OpenCV "
                                  f"{cv2.__version__}: {INSTALL_HINT}")
         path = os.path.join(cv2.data.haarcascades, HAAR_CASCADE)
         self.cascade = cv2.CascadeClassifier(path)
         if self.cascade.empty():
-            raise data.DataError(f"cannot load the face detector {path}: reinstall OpenCV ({INSTALL_HINT})")
+            raise data.UserError(f"cannot load the face detector {path}: reinstall OpenCV ({INSTALL_HINT})")
         self.cv2, self.min_face, self.max_side = cv2, min_face, max_side
 
     def __call__(self, gray: np.ndarray) -> list[Box]:
@@ -253,7 +254,7 @@ class FaceClassifier:
     def __init__(self, model: torch.nn.Module, device: torch.device, img_size: int, fast: bool,
                  hflip: bool, amp: bool) -> None:
         self.model, self.device, self.img_size, self.fast, self.hflip = model, device, img_size, fast, hflip
-        self.amp = amp and device.type == "cuda"  # as models.predict_views: bfloat16 on CPU would change the logits
+        self.amp = amp and device.type == "cuda"  # what models.inference_autocast runs; describe() names it
         self.compiled: dict[int, models.FastModel] = {}
         self.model_s = 0.0
         self.model_calls = 0  # timed calls (batches), one-off compiling calls left out
@@ -286,15 +287,9 @@ class FaceClassifier:
     @torch.inference_mode()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Float32 logits [B, C] on the device for images [B, 3, S, S] (flip TTA averages image and mirror)."""
-        n = x.shape[0]
-        if self.hflip:  # as models.predict_views: one forward over image + mirror, logits averaged
-            x = torch.cat([x, torch.flip(x, dims=[3])])
-        if self.fast:
-            out = self._run_fast(x)
-        else:
-            with models.autocast(self.device, self.amp):
-                out = self.model(x).float()
-        return out if not self.hflip else torch.stack([out[:n], out[n:]]).mean(dim=0)
+        with models.inference_autocast(self.device, self.amp and not self.fast):  # the fast path has its own
+            plain, mirrored = models.forward_views(self._run_fast if self.fast else self.model, x, self.hflip)
+        return plain if mirrored is None else torch.stack([plain, mirrored]).mean(dim=0)
 
     def describe(self) -> str:
         """Which path runs the model, e.g. 'eager float32' or make_fast's variant."""
@@ -349,20 +344,12 @@ def csv_row(name: str, frame: int, track: int | str, box: Box, probs: np.ndarray
     return [name, frame, track, *box, label, classes[label]] + [f"{p:.6f}" for p in probs]
 
 
-def _font(size: int) -> ImageFont.ImageFont:
-    """Pillow's built-in font at `size` px (no font file needed)."""
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1 has only the fixed bitmap font
-        return ImageFont.load_default()
-
-
 def draw_faces(image: Image.Image, faces: Sequence[tuple[Box, str]]) -> Image.Image:
     """The image with a box and a caption drawn for each face."""
     image = image.convert("RGB")
     draw = ImageDraw.Draw(image)
     width = max(2, round(min(image.size) / 200))
-    font = _font(max(12, round(min(image.size) / 30)))
+    font = plots.load_font(max(12, round(min(image.size) / 30)))
     for (x, y, w, h), text in faces:
         draw.rectangle((x, y, x + w - 1, y + h - 1), outline=(0, 255, 0), width=width)
         left, top, right, bottom = draw.textbbox((x, y), text, font=font)
@@ -483,7 +470,7 @@ def predict_video(src: Source, cv2: Any, classifier: FaceClassifier, detector: F
     camera = src.kind == "camera"
     capture = cv2.VideoCapture(int(src.path) if camera else src.path)
     if not capture.isOpened():
-        raise data.DataError(f"cannot open {'camera ' + src.path if camera else 'video ' + src.path}")
+        raise data.UserError(f"cannot open {'camera ' + src.path if camera else 'video ' + src.path}")
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if not camera else 0
     if args.max_frames:
         total = min(total, args.max_frames) if total > 0 else 0
@@ -512,7 +499,7 @@ def predict_video(src: Source, cv2: Any, classifier: FaceClassifier, detector: F
                     writer = cv2.VideoWriter(str(tmp_path), cv2.VideoWriter_fourcc(*"mp4v"), fps_in,
                                              (frame.shape[1], frame.shape[0]))
                     if not writer.isOpened():
-                        raise data.DataError(f"cannot write video {tmp_path} (mp4v codec missing from OpenCV?)")
+                        raise data.UserError(f"cannot write video {tmp_path} (mp4v codec missing from OpenCV?)")
                 annotated = draw_faces(Image.fromarray(frame[:, :, ::-1]), shown)
                 writer.write(np.ascontiguousarray(np.asarray(annotated)[:, :, ::-1]))
             if meter is not None:
@@ -530,7 +517,7 @@ def predict_video(src: Source, cv2: Any, classifier: FaceClassifier, detector: F
         if writer is not None:
             writer.release()
     if stats.frames == 0:
-        raise data.DataError(f"cannot read {'camera ' + src.path if camera else 'video ' + src.path}: "
+        raise data.UserError(f"cannot read {'camera ' + src.path if camera else 'video ' + src.path}: "
                              "no frame could be decoded")
     if writer is not None:
         os.replace(tmp_path, out_path)  # the video only appears under its name once complete
@@ -622,7 +609,7 @@ def _check_args(args: argparse.Namespace) -> None:
                             ("--margin", args.margin, 0.0 <= args.margin <= 1.0),
                             ("--min-face", args.min_face, args.min_face >= 1)):
         if not ok:
-            raise data.DataError(f"{flag} {value}: out of range (see --help)")
+            raise data.UserError(f"{flag} {value}: out of range (see --help)")
 
 
 def main(args: argparse.Namespace) -> None:
@@ -681,5 +668,5 @@ if __name__ == "__main__":
     args = get_args_parser().parse_args()
     try:
         main(args)
-    except data.DataError as err:
+    except data.UserError as err:
         sys.exit(f"error: {err}")

@@ -29,7 +29,7 @@ def read_json(path: str):
         with open(path) as f:
             return json.load(f)
     except (OSError, json.JSONDecodeError) as err:
-        raise data.DataError(f"{path}: cannot read JSON ({err})") from None
+        raise data.UserError(f"{path}: cannot read JSON ({err})") from None
 
 
 def num(value, digits: int = 4) -> str:
@@ -159,7 +159,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> None:
     if not os.path.isdir(args.results):
-        raise data.DataError(f"--results {args.results}: no such folder")
+        raise data.UserError(f"--results {args.results}: no such folder")
     runs, bench, rescue = load_results(args.results)
     rows = {i: run_row(i, runs, bench) for i in RUN_IDS}
     device = next((r.get("device_name") or r.get("device") for r in bench.values()), None)
@@ -199,5 +199,5 @@ if __name__ == "__main__":
     args = get_args_parser().parse_args()
     try:
         main(args)
-    except data.DataError as err:
+    except data.UserError as err:
         sys.exit(f"error: {err}")

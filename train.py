@@ -57,7 +57,7 @@ RECIPE_KEYS = ("model", "blocks", "img_size", "loss", "gamma", "alpha", "epochs"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    """The command-line flags; defaults are the thesis recipe (SPEC.md) where it gives one."""
+    """The command-line flags; defaults are the thesis recipe where it gives one."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--train-csv", required=True, help="training index CSV (path,label[,face box])")
@@ -156,13 +156,13 @@ def resolve_alpha(args: argparse.Namespace, train_samples: list[data.Sample]) ->
     if args.alpha == "none":
         return None
     if args.loss != "focal":
-        raise data.DataError("--alpha weights the focal loss only; add --loss focal or drop --alpha")
+        raise data.UserError("--alpha weights the focal loss only; add --loss focal or drop --alpha")
     if args.alpha != "auto":
         return list(args.alpha)
     counts = data.class_counts(train_samples)
     missing = [name for name, count in zip(data.CLASSES, counts) if count == 0]
     if missing:
-        raise data.DataError(f"--alpha auto: {args.train_csv} has no '{missing[0]}' images, so its weight "
+        raise data.UserError(f"--alpha auto: {args.train_csv} has no '{missing[0]}' images, so its weight "
                              f"1/sqrt(frequency) is undefined (give --alpha as {len(data.CLASSES)} numbers)")
     return losses.class_alpha(counts)
 
@@ -180,11 +180,11 @@ def check_resume(out: Path, resume: bool, recipe: dict) -> dict | None:
     path = out / "last.pt"
     if not resume:
         if path.exists():
-            raise data.DataError(f"{out} already holds a run ({path}); add --resume to continue it, "
+            raise data.UserError(f"{out} already holds a run ({path}); add --resume to continue it, "
                                  "or pick another --out")
         return None
     if not path.exists():
-        raise data.DataError(f"--resume: {path} not found (no finished epoch to resume; drop --resume to start)")
+        raise data.UserError(f"--resume: {path} not found (no finished epoch to resume; drop --resume to start)")
     checkpoint = models.load_checkpoint(path)
     state = checkpoint.get("train_state")
     if not isinstance(state, dict) or "recipe" not in state:
@@ -192,7 +192,7 @@ def check_resume(out: Path, resume: bool, recipe: dict) -> dict | None:
     changed = [f"{key} {state['recipe'].get(key)!r} -> {value!r}"
                for key, value in recipe.items() if state["recipe"].get(key) != value]
     if changed:
-        raise data.DataError(f"--resume: {path} was trained with other settings ({'; '.join(changed)}); "
+        raise data.UserError(f"--resume: {path} was trained with other settings ({'; '.join(changed)}); "
                              "pass its original flags, or pick another --out for a new run")
     return checkpoint
 
@@ -273,7 +273,7 @@ def set_rng_state(state: dict) -> None:
 
 # --- Stopping ---
 
-class NonFiniteLoss(data.DataError):
+class NonFiniteLoss(data.UserError):
     """The loss became NaN or infinite: the run stops, the checkpoints of the last good epoch stay."""
 
 
@@ -431,11 +431,6 @@ def write_json(path: Path, obj: dict) -> None:
         f.write("\n")
 
 
-def device_name(device: torch.device) -> str:
-    """The GPU's or CPU's model name, for config.json."""
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-
-
 def write_predictions(out: Path, val: dict, samples: list[data.Sample], logits: torch.Tensor, title: str) -> None:
     """predictions.csv, metrics.json and the confusion matrices of the best weights (evaluate.py's writer)."""
     preds = logits.argmax(dim=1).tolist()
@@ -461,7 +456,7 @@ def main(args: argparse.Namespace) -> None:
         val_samples = data.read_index(args.val_csv, args.data_root, check_files=True)
         alpha = resolve_alpha(args, train_samples)
         if args.batch_size % world:
-            raise data.DataError(f"--batch-size {args.batch_size} does not split evenly over {world} processes")
+            raise data.UserError(f"--batch-size {args.batch_size} does not split evenly over {world} processes")
         batch = args.batch_size // world
         args.experiment = args.experiment or default_experiment(args)
         out = Path(args.out or Path("results") / args.experiment)
@@ -501,7 +496,7 @@ def main(args: argparse.Namespace) -> None:
             sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=args.seed)
         steps = len(sampler) // batch
         if steps == 0:
-            raise data.DataError(f"{args.train_csv}: {len(train_samples)} images give no full batch of "
+            raise data.UserError(f"{args.train_csv}: {len(train_samples)} images give no full batch of "
                                  f"{args.batch_size}; lower --batch-size")
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, warmup_cosine(args.epochs * steps, round(args.warmup_epochs * steps)))
@@ -534,8 +529,9 @@ def main(args: argparse.Namespace) -> None:
             write_json(out / "config.json", {
                 "args": vars(args) | {"out": str(out)}, "alpha": alpha, "experiment": args.experiment,
                 "argv": sys.argv, "torch": torch.__version__, "torchvision": torchvision.__version__,
-                "python": platform.python_version(), "device": str(device), "device_name": device_name(device),
-                "world_size": world, "batch_per_process": batch, "steps_per_epoch": steps, "params": params,
+                "python": platform.python_version(), "device": str(device),
+                "device_name": models.device_name(device), "world_size": world, "batch_per_process": batch,
+                "steps_per_epoch": steps, "params": params,
                 "resumed_after_epoch": start_epoch - 1})
             if history:  # drop a row written after the last checkpoint (crash between the two writes)
                 write_history(out / "history.csv", history)
@@ -626,5 +622,5 @@ if __name__ == "__main__":
     args = get_args_parser().parse_args()
     try:
         main(args)
-    except data.DataError as err:
+    except data.UserError as err:
         sys.exit(f"error: {err}")

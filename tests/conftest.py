@@ -13,8 +13,8 @@ if str(ROOT) not in sys.path:
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """Tiny deterministic demo set (64 px, >= 3 train images per class, 4 val per class): (train_csv, val_csv)."""
-    import data
+    import demo
 
     out = tmp_path_factory.mktemp("demo")
-    train_csv, val_csv = data.make_demo(out, seed=0, min_train_per_class=3, val_per_class=4, image_size=64)
+    train_csv, val_csv = demo.make_demo(out, seed=0, min_train_per_class=3, val_per_class=4, image_size=64)
     return Path(train_csv), Path(val_csv)

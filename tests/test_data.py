@@ -13,6 +13,7 @@ import torch
 from PIL import Image, ImageFile
 
 import data
+import demo
 
 ROOT = Path(__file__).resolve().parent.parent
 THESIS_ALPHA = "0.403369, 0.301054, 0.691747, 0.929849, 1.382056, 1.789801, 0.699721, 1.802404"
@@ -90,18 +91,18 @@ def test_demo_cli_twice_gives_identical_files(tmp_path, capsys):
         assert code == 0, err
     first = tree(tmp_path / "a")
     assert first == tree(tmp_path / "b")
-    assert len(first) == sum(data.demo_counts(1)) + 8 + 2  # train images + one val image per class + two CSVs
+    assert len(first) == sum(demo.demo_counts(1)) + 8 + 2  # train images + one val image per class + two CSVs
     assert "train.csv" in first and "val/contempt/contempt_00000.jpg" in first
     labels = [s.label for s in data.read_index(tmp_path / "a" / "train.csv")]
-    assert [labels.count(i) for i in range(8)] == data.demo_counts(1)
+    assert [labels.count(i) for i in range(8)] == demo.demo_counts(1)
     # A different seed really changes the pictures (the seed is not ignored).
-    data.make_demo(tmp_path / "c", seed=8, min_train_per_class=1, val_per_class=1, image_size=32)
+    demo.make_demo(tmp_path / "c", seed=8, min_train_per_class=1, val_per_class=1, image_size=32)
     image = "val/happy/happy_00000.jpg"
     assert (tmp_path / "c" / image).read_bytes() != first[image]
 
 
 def test_demo_counts_follow_table2():
-    counts = data.demo_counts(24)
+    counts = demo.demo_counts(24)
     assert min(counts) == 24 and counts[1] == max(counts) == round(134415 * 24 / 3750)
     ratios = np.array(counts) / np.array(data.TABLE2_COUNTS)
     assert ratios.max() / ratios.min() < 1.05  # proportions kept up to rounding
@@ -113,7 +114,7 @@ def test_check_demo_prints_class_table_and_alpha(demo_data, capsys):
     assert code == 0, err
     rows = table_rows(out)
     assert [r[:2] for r in rows] == list(enumerate(data.CLASSES))
-    assert [r[2] for r in rows] == data.demo_counts(3)
+    assert [r[2] for r in rows] == demo.demo_counts(3)
     alpha = [r[4] for r in rows]
     assert len(alpha) == 8 and abs(np.mean(alpha) - 1) < 1e-5
     assert alpha[1] == min(alpha) and alpha[7] == max(alpha)  # rarest class weighs most
@@ -167,7 +168,7 @@ def test_check_rejects_bad_csv(tmp_path, capsys, content, needles):
         csv_path.write_text(content)
     code, out, err = cli(capsys, "check", "--csv", csv_path, "--no-files")
     assert_one_line_error(code, err, *needles)
-    with pytest.raises(data.DataError, match=re.escape(needles[-1])):
+    with pytest.raises(data.UserError, match=re.escape(needles[-1])):
         data.read_index(csv_path, check_files=False)
 
 
@@ -187,7 +188,7 @@ def test_missing_files_reported_with_count_and_first_ten(tmp_path, capsys):
     code, out, err = cli(capsys, "check", "--csv", csv_path)
     assert_one_line_error(code, err, "12 of 13 image files are missing", "line 3:", "gone_0.jpg", "line 12:")
     assert "line 13:" not in err and "gone_10.jpg" not in err  # only the first ten
-    with pytest.raises(data.DataError, match="12 of 13"):
+    with pytest.raises(data.UserError, match="12 of 13"):
         data.read_index(csv_path)
     assert len(data.read_index(csv_path, check_files=False)) == 13
 
@@ -212,12 +213,12 @@ def test_corrupt_image_and_box_outside(tmp_path, capsys):
     samples = data.read_index(csv_path)
     dataset = data.FaceDataset(samples, img_size=32)
     assert dataset[0][0].shape == (3, 32, 32)
-    with pytest.raises(data.DataError, match=r"outside the 100x80 image .*ok.jpg \(CSV line 5\)"):
+    with pytest.raises(data.UserError, match=r"outside the 100x80 image .*ok.jpg \(CSV line 5\)"):
         dataset[3]
-    with pytest.raises(data.DataError, match=r"cannot decode image .*corrupt.jpg \(CSV line 3\)"):
+    with pytest.raises(data.UserError, match=r"cannot decode image .*corrupt.jpg \(CSV line 3\)"):
         dataset[1]
     # Not from a CSV (predict.py's inputs): the message names the file and no CSV line.
-    with pytest.raises(data.DataError, match=r"cannot decode image \S*corrupt.jpg: ") as raised:
+    with pytest.raises(data.UserError, match=r"cannot decode image \S*corrupt.jpg: ") as raised:
         data.load_face(data.Sample("corrupt.jpg", samples[1].file, 0, None, 0))
     assert "CSV line" not in str(raised.value)
     # (Inside a DataLoader worker: see test_real_processes; in-process, torch's worker shutdown after an error
@@ -226,11 +227,11 @@ def test_corrupt_image_and_box_outside(tmp_path, capsys):
 
 def test_data_error_compacts_a_worker_reraise():
     # The text DataLoader builds when it re-raises a worker's exception in the main process.
-    reraised = ("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
-                '  File "x.py", line 1, in f\n    raise DataError(msg)\n'
-                "data.DataError: cannot decode image a.jpg (CSV line 7): broken data stream\n")
-    assert str(data.DataError(reraised)) == "cannot decode image a.jpg (CSV line 7): broken data stream"
-    assert str(data.DataError("Caught you: a plain message")) == "Caught you: a plain message"
+    reraised = ("Caught UserError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+                '  File "x.py", line 1, in f\n    raise UserError(msg)\n'
+                "data.UserError: cannot decode image a.jpg (CSV line 7): broken data stream\n")
+    assert str(data.UserError(reraised)) == "cannot decode image a.jpg (CSV line 7): broken data stream"
+    assert str(data.UserError("Caught you: a plain message")) == "Caught you: a plain message"
 
 
 def test_zero_count_class_is_a_clear_error_for_alpha(tmp_path, capsys):

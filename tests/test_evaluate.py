@@ -144,7 +144,7 @@ def test_rescore_reproduces_hand_computed_metrics(tmp_path):
 
 
 def test_self_ensemble_equals_single_checkpoint(checkpoints, small_val):
-    pair = metrics.infer_checkpoints([str(checkpoints["A"])] * 2, str(small_val), workers=0, device="cpu", hflip=True)
+    pair = evaluate.infer_checkpoints([str(checkpoints["A"])] * 2, str(small_val), workers=0, device="cpu", hflip=True)
 
     model, _ = models.load_model(checkpoints["A"])
     loader = data.make_loader(data.FaceDataset(pair.samples, img_size=IMG), batch_size=8, workers=0)
@@ -254,10 +254,10 @@ def test_val_csv_with_missing_images(checkpoints, tmp_path):
 
 
 def test_mismatched_checkpoints_and_single_checkpoint_table(checkpoints, demo_data, tmp_path):
-    with pytest.raises(data.DataError, match="image size") as err:
-        metrics.infer_checkpoints([str(checkpoints["A"]), str(checkpoints["A96"])], str(demo_data[1]), device="cpu")
+    with pytest.raises(data.UserError, match="image size") as err:
+        evaluate.infer_checkpoints([str(checkpoints["A"]), str(checkpoints["A96"])], str(demo_data[1]), device="cpu")
     assert "\n" not in str(err.value)
     args = ensemble_tta.get_args_parser().parse_args(
         ["--ckpt", str(checkpoints["A"]), "--val-csv", str(demo_data[1]), "--table", "--out", str(tmp_path)])
-    with pytest.raises(data.DataError, match="two or more"):
+    with pytest.raises(data.UserError, match="two or more"):
         ensemble_tta.main(args)

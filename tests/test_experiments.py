@@ -3,7 +3,7 @@ import os
 import subprocess
 from pathlib import Path
 
-import data
+import demo
 from conftest import ROOT
 
 RUN_IDS = ("baseline_resnet50_ce_run1", "convnext_tiny_baseline_ce_run1", "convnext_tiny_transformer_ce_run1",
@@ -21,7 +21,7 @@ def run_script(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
 def test_demo_pipeline_writes_every_table(tmp_path: Path) -> None:
     # 78 training images (Table 2 proportions, one each of disgust and contempt), 1 epoch, 32 px.
     demo_dir = tmp_path / "demo_data"
-    data.make_demo(demo_dir, seed=0, min_train_per_class=1, val_per_class=2, image_size=32)
+    demo.make_demo(demo_dir, seed=0, min_train_per_class=1, val_per_class=2, image_size=32)
     results = tmp_path / "results"
     proc = run_script("--demo", env={"DEMO_DIR": str(demo_dir), "RESULTS": str(results), "EPOCHS": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -192,9 +192,9 @@ def test_bad_inputs_give_one_line_errors(ckpt, tmp_path):
     Image.new("RGB", (64, 64), (128, 100, 90)).save(good_image)
     out = tmp_path / "o"
 
-    # The CLI turns every DataError into one line on stderr and exit code 1 (checked once, end to end) ...
+    # The CLI turns every UserError into one line on stderr and exit code 1 (checked once, end to end) ...
     assert_one_line_error(run_cli(good_image, "--ckpt", not_ours, "--out", out), "not_ours.pt", "not a FER checkpoint")
-    # ... and each bad input raises a one-line DataError naming it.
+    # ... and each bad input raises a one-line UserError naming it.
     cases = [((tmp_path / "missing.jpg", "--ckpt", ckpt), "input not found: .*missing.jpg"),
              ((bad_image, "--ckpt", ckpt), "cannot read image .*broken.jpg"),
              ((tmp_path / "notes.txt", "--ckpt", ckpt), "notes.txt: not an image or video")]
@@ -204,7 +204,7 @@ def test_bad_inputs_give_one_line_errors(ckpt, tmp_path):
         bad_video.write_bytes(b"\x00" * 100)
         cases.append(((bad_video, "--ckpt", ckpt), "cannot open video .*broken.mp4"))
     for args, message in cases:
-        with pytest.raises(data.DataError, match=message) as err:
+        with pytest.raises(data.UserError, match=message) as err:
             predict_main(*args, "--out", out, "--workers", 0)
         assert "\n" not in str(err.value)
     assert not out.exists()
@@ -224,5 +224,5 @@ def test_without_opencv_crops_work_and_detection_says_what_to_install(demo_data,
     video.write_bytes(b"")
     for args, message in (((video,), f"video input {video} {INSTALL}"),
                           ((image, "--camera", 0), f"--camera {INSTALL}")):
-        with pytest.raises(data.DataError, match=re.escape(message)):
+        with pytest.raises(data.UserError, match=re.escape(message)):
             predict_main(*args, "--ckpt", ckpt)

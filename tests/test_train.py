@@ -232,7 +232,7 @@ def test_resume_of_a_finished_run_says_so(runs, small, capsys):
 def test_resume_refuses_other_settings_and_overwriting(runs, small, flags, message):
     assert_ok(runs.result("a"))
     args = train.get_args_parser().parse_args(command(small, runs.base / "a", *flags)[1:])
-    with pytest.raises(data.DataError, match=message.replace("(", r"\(")):
+    with pytest.raises(data.UserError, match=message.replace("(", r"\(")):
         train.main(args)
 
 
@@ -282,18 +282,18 @@ def test_bad_input_stops_before_anything_is_built(small, tmp_path):
 
     def main(*flags: str) -> None:
         train.main(train.get_args_parser().parse_args(command(small, out, *flags)[1:]))
-    with pytest.raises(data.DataError, match="nope.csv"):
+    with pytest.raises(data.UserError, match="nope.csv"):
         main("--train-csv", str(tmp_path / "nope.csv"))
     missing = tmp_path / "missing.csv"
     missing.write_text("path,label\nno/such/face.jpg,1\n")
-    with pytest.raises(data.DataError, match="face.jpg"):
+    with pytest.raises(data.UserError, match="face.jpg"):
         main("--val-csv", str(missing))
     no_contempt = tmp_path / "no_contempt.csv"
     with open(small["train"]) as f:
         no_contempt.write_text("".join(line for line in f if not line.rstrip().endswith(",7")))
-    with pytest.raises(data.DataError, match="contempt"):
+    with pytest.raises(data.UserError, match="contempt"):
         main("--train-csv", str(no_contempt))
-    with pytest.raises(data.DataError, match="--alpha weights the focal loss only"):
+    with pytest.raises(data.UserError, match="--alpha weights the focal loss only"):
         main("--loss", "ce")
     assert not out.exists()  # all of it before the output folder is even made
 
