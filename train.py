@@ -523,7 +523,8 @@ def main(args: argparse.Namespace) -> None:
             train_model = torch.compile(train_model)
 
         arch = {"name": args.model, "blocks": args.blocks, "num_classes": len(data.CLASSES),
-                "img_size": args.img_size, "classes": list(data.CLASSES)}
+                "img_size": args.img_size, "classes": list(data.CLASSES),
+                "class_counts": data.class_counts(train_samples)}
         params = models.count_params(model)
         if rank == 0:
             write_json(out / "config.json", {
