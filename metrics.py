@@ -104,6 +104,8 @@ def bootstrap_confusions(labels: np.ndarray, preds: np.ndarray, num_classes: int
     labels = np.asarray(labels, dtype=np.int64)
     preds = np.asarray(preds, dtype=np.int64).reshape(-1, labels.size)
     n, cells = labels.size, num_classes * num_classes
+    if n == 0:
+        raise ValueError("no images to resample")
     dtype = np.int32 if resamples * cells < 2 ** 31 and n < 2 ** 31 else np.int64  # int32 halves the memory traffic
     codes = (labels * num_classes + preds).astype(dtype)  # one confusion cell per image
     counts = np.empty((preds.shape[0], resamples, cells), dtype=np.int64)
