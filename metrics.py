@@ -37,7 +37,7 @@ THESIS_RESCUE = {
     "checkpoint ensemble, no TTA": (0.5799, 0.5714),
     "checkpoint ensemble + h-flip TTA": (0.5821, 0.5741),
 }
-# Tables 9 and 10 (per-class F1 in data.CLASSES order): best CNN-only and best hybrid single model.
+# Tables 9 and 10 (per-class F1 in AffectNet-8 order, data.AFFECTNET8): best CNN-only and best hybrid single model.
 THESIS_PER_CLASS_F1 = {
     "cnn": (0.5131, 0.6795, 0.6176, 0.5508, 0.6173, 0.6093, 0.5843, 0.4460),
     "hybrid": (0.5149, 0.6894, 0.6325, 0.5668, 0.6438, 0.5608, 0.5726, 0.3852),
@@ -46,8 +46,7 @@ THESIS_PER_CLASS_F1 = {
 
 # --- Metrics ---
 
-def compute_metrics(labels: Sequence[int], preds: Sequence[int],
-                    class_names: Sequence[str] = data.CLASSES) -> dict:
+def compute_metrics(labels: Sequence[int], preds: Sequence[int], class_names: Sequence[str]) -> dict:
     """Accuracy, macro-F1, per-class precision/recall/F1/support and raw + row-normalised confusion matrices."""
     # Imported here: scikit-learn pulls in SciPy (seconds), which callers that never score (summarize.py's
     # constants, a CLI stopping at bad input) should not pay for.
@@ -188,7 +187,7 @@ def bootstrap_p(observed: float, replicates: np.ndarray) -> float:
 
 
 def mcnemar_exact(b: int, c: int) -> float:
-    """Two-sided exact McNemar p: b, c = images only A / only B gets right; 2 x binomial(b + c, 1/2) tail, capped at 1."""
+    """Two-sided exact McNemar p (b, c = images only A / only B gets right): 2 x binomial(b + c, 1/2) tail, max 1."""
     n, k = b + c, min(b, c)
     term = tail = 1  # C(n, 0); exact integers, so no underflow or rounding until the final division
     for i in range(k):
@@ -212,7 +211,8 @@ def compare(labels: Sequence[int], preds_a: Sequence, preds_b: Sequence, num_cla
     for key in ("accuracy", "macro_f1"):
         diff = float(a.point[key] - b.point[key])
         replicates = a.replicates[key] - b.replicates[key]
-        out |= {f"{key}_diff": diff, f"{key}_diff_ci95": interval(replicates), f"{key}_p": bootstrap_p(diff, replicates)}
+        out |= {f"{key}_diff": diff, f"{key}_diff_ci95": interval(replicates),
+                f"{key}_p": bootstrap_p(diff, replicates)}
         if key == "accuracy":
             out["mcnemar_p"] = mcnemar[0] if len(mcnemar) == 1 else None
     out |= {"accuracy_a": float(a.point["accuracy"]), "accuracy_b": float(b.point["accuracy"]),
@@ -296,7 +296,7 @@ def write_report(out_dir: str, metrics: dict, class_names: Sequence[str], predic
 
 
 def read_predictions(path: str) -> tuple[list[str], list[int], list[int], tuple[str, ...]]:
-    """Paths, labels, preds and class names (from prob_<class> columns, else data.CLASSES) of a predictions CSV."""
+    """Paths, labels, preds and class names (from prob_<class> columns, else AffectNet-8's) of a predictions CSV."""
     try:
         with open(path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
@@ -304,7 +304,7 @@ def read_predictions(path: str) -> tuple[list[str], list[int], list[int], tuple[
             missing = [c for c in ("path", "label", "pred") if c not in header]
             if missing:
                 raise data.UserError(f"{path}: missing column(s) {', '.join(missing)} (need path,label,pred)")
-            names = tuple(c[len("prob_"):] for c in header if c.startswith("prob_")) or data.CLASSES
+            names = tuple(c[len("prob_"):] for c in header if c.startswith("prob_")) or data.AFFECTNET8
             paths, labels, preds = [], [], []
             for row in reader:
                 for column, values in (("label", labels), ("pred", preds)):
