@@ -156,7 +156,7 @@ def infer_checkpoints(ckpts: Sequence[str], val_csv: str, data_root: str | None 
                                  "ensembled checkpoints need the same image size")
     # Before inference, so a checkpoint without counts fails in seconds.
     log_priors = torch.stack([log_prior(meta["arch"], path, classes) for path, _, meta in loaded]) if priors else None
-    loader = data.make_loader(data.FaceDataset(samples, img_size=size, train=False), batch_size=batch_size,
+    loader = data.make_loader(data.FaceDataset(samples, img_size=size), batch_size=batch_size,
                               workers=workers)
     plain, flipped, labels = [], [], None
     for path, model, _ in loaded:
