@@ -106,14 +106,14 @@ def targets_from_args(args: argparse.Namespace) -> list[dict]:
     """What to benchmark: experiment id, how to build the model, img size and the checkpoint's metrics."""
     if args.model is not None:
         blocks = args.blocks or 1
-        if args.blocks is not None and args.model != "convnext_tiny_transformer":
-            raise data.UserError(f"--blocks applies to --model convnext_tiny_transformer only, not {args.model}")
-        hybrid = args.model == "convnext_tiny_transformer"
+        if args.blocks is not None and args.model not in models.HYBRIDS:
+            raise data.UserError(f"--blocks applies to {', '.join(models.HYBRIDS)} only, not {args.model}")
+        hybrid = args.model in models.HYBRIDS
         name = args.model + (f"_{blocks}block" + "s" * (blocks > 1) if hybrid else "")
         if args.onnx is not None:
             raise data.UserError("--onnx goes with --ckpt (the checkpoints they were exported from)")
         return [{"experiment": name, "ckpt": None, "name": args.model, "blocks": blocks, "onnx": None,
-                 "num_classes": len(data.CLASSES),
+                 "num_classes": len(data.AFFECTNET8),
                  "img_size": args.img_size or 224, "accuracy": None, "macro_f1": None}]
     if args.blocks is not None:
         raise data.UserError("--blocks applies to --model only; a checkpoint records its own blocks")
@@ -127,7 +127,7 @@ def targets_from_args(args: argparse.Namespace) -> list[dict]:
         targets.append({"experiment": checkpoint.get("experiment") or os.path.splitext(os.path.basename(path))[0],
                         "ckpt": path, "name": arch["name"], "blocks": int(arch.get("blocks", 1)),
                         "onnx": args.onnx[i] if args.onnx else None, "num_classes": int(arch["num_classes"]),
-                        "img_size": args.img_size or int(arch.get("img_size") or 224),
+                        "img_size": args.img_size or models.arch_img_size(arch),
                         "accuracy": found.get("accuracy"), "macro_f1": found.get("macro_f1")})
         del checkpoint
     return targets

@@ -24,14 +24,18 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms as T
 
-# The one place the label map lives: index = label, used by every file and every CSV.
-CLASSES: tuple[str, ...] = ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt")
-# Class names as community copies spell them (folder names, labels): always mapped by name, never by sort order,
-# which would put anger first.
-CLASS_ALIASES: dict[str, int] = {
-    **{str(i): i for i in range(len(CLASSES))}, **{name: i for i, name in enumerate(CLASSES)},
-    "neutrality": 0, "happiness": 1, "sadness": 2, "surprised": 3, "fearful": 4, "afraid": 4, "scared": 4,
-    "disgusted": 5, "angry": 6, "contemptuous": 7,
+# AffectNet-8's classes in its label order: the class set of any index CSV that does not declare its own.
+AFFECTNET8: tuple[str, ...] = ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt")
+# An index CSV declares its class names in this file beside it, one per line in label order (label 0 first);
+# every converter writes it. Names are compared across datasets (an AffectNet-8 model scored on RAF-DB), so each
+# is stored in the canonical spelling below.
+CLASSES_FILE = "classes.txt"
+# Class names as datasets and community copies spell them -> the canonical name. Labels are always mapped by
+# name, never by sort order, which would put anger first.
+CLASS_ALIASES: dict[str, str] = {
+    **{name: name for name in AFFECTNET8}, "neutrality": "neutral", "happiness": "happy", "sadness": "sad",
+    "surprised": "surprise", "fearful": "fear", "afraid": "fear", "scared": "fear", "disgusted": "disgust",
+    "angry": "anger", "contemptuous": "contempt",
 }
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -56,8 +60,12 @@ class UserError(Exception):
 
 
 @contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
-    """Write to a temp file beside `path` and move it into place only on success; `path` is untouched on error."""
+def atomic_write(path: str | os.PathLike, mode: str = "w", durable: bool = True) -> Iterator[IO]:
+    """Write to a temp file beside `path` and move it into place only on success; `path` is untouched on error.
+
+    durable: fsync before the rename, so even a power cut leaves the old file or the whole new one (bulk writers
+    of many small regenerable files skip it: a process crash still leaves whole files only).
+    """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_write mode must be 'w' or 'wb', not {mode!r}")
     path = Path(path)
@@ -68,8 +76,9 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     try:
         with open(tmp, mode.replace("w", "x"), **text) as f:
             yield f
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -112,7 +121,7 @@ class Sample:
     line: int
 
 
-def _parse_int(text: str) -> int:
+def parse_int(text: str) -> int:
     """Integer from '12' or '12.0' (box columns exported by pandas/Excel often carry a '.0')."""
     value = float(text)
     if not value.is_integer():
@@ -120,8 +129,44 @@ def _parse_int(text: str) -> int:
     return int(value)
 
 
+def canonical_class(name: str) -> str:
+    """A class name in its canonical spelling (happiness -> happy, Angry -> anger); unknown names lower-cased."""
+    name = name.strip().lower()
+    return CLASS_ALIASES.get(name, name)
+
+
+def read_classes(csv_path: str | os.PathLike) -> tuple[str, ...]:
+    """The class names of an index CSV: its folder's classes.txt (label order), else AffectNet-8's."""
+    path = Path(csv_path).parent / CLASSES_FILE
+    if not path.is_file():
+        return AFFECTNET8
+    try:
+        names = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: cannot read ({err})") from None
+    classes = tuple(canonical_class(n) for n in names)
+    if len(classes) < 2:
+        raise UserError(f"{path}: needs at least two class names, one per line (found {len(classes)})")
+    repeated = sorted({c for c in classes if classes.count(c) > 1})
+    if repeated:
+        raise UserError(f"{path}: class {repeated[0]!r} is listed twice (names are compared after aliasing: "
+                        "happiness = happy, angry = anger, ...)")
+    return classes
+
+
+def write_classes(folder: str | os.PathLike, classes: Sequence[str]) -> Path:
+    """Write folder/classes.txt; a different classes.txt already there is an error (it would relabel its CSVs)."""
+    path = Path(folder) / CLASSES_FILE
+    if path.is_file() and read_classes(path) != tuple(classes):
+        raise UserError(f"{path} already lists other classes ({', '.join(read_classes(path))}); it belongs to the "
+                        f"index CSVs beside it, so write this one ({', '.join(classes)}) to another folder")
+    with atomic_write(path) as f:
+        f.write("".join(f"{name}\n" for name in classes))
+    return path
+
+
 @contextmanager
-def _csv_reader(path: Path) -> Iterator[csv.DictReader]:
+def open_csv(path: Path) -> Iterator[csv.DictReader]:
     """A DictReader with stripped column names; a missing header or undecodable text is a UserError."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's UTF-8 exports start with a BOM
@@ -141,9 +186,10 @@ def _scan_index(csv_path: str | os.PathLike, data_root: str | os.PathLike | None
     if not csv_path.is_file():
         raise UserError(f"index CSV not found: {csv_path}")
     root = Path(data_root) if data_root is not None else csv_path.parent
+    classes = read_classes(csv_path)
     if data_root is not None and not root.is_dir():
         raise UserError(f"--data-root is not a folder: {root}")
-    with _csv_reader(csv_path) as reader:
+    with open_csv(csv_path) as reader:
         columns = reader.fieldnames
         missing = [c for c in ("path", "label") if c not in columns]
         if missing:
@@ -165,17 +211,18 @@ def _scan_index(csv_path: str | os.PathLike, data_root: str | os.PathLike | None
                 label = int(raw_label)
             except ValueError:
                 label = -1
-            if not 0 <= label < len(CLASSES):
-                hint = CLASS_ALIASES.get(raw_label.lower())
-                hint = f" (write {hint} for {CLASSES[hint]})" if hint is not None else ""
-                problems.append(f"{csv_path} line {line}: label {raw_label!r} is not an integer in 0-7{hint}")
+            if not 0 <= label < len(classes):
+                name = canonical_class(raw_label)
+                hint = f" (write {classes.index(name)} for {name})" if name in classes else ""
+                problems.append(f"{csv_path} line {line}: label {raw_label!r} is not an integer in "
+                                f"0-{len(classes) - 1}{hint}")
                 continue
             box = None
             if present_box:
                 raw_box = [(row.get(c) or "").strip() for c in BOX_COLUMNS]
                 if any(raw_box):
                     try:
-                        box = tuple(_parse_int(v) for v in raw_box)
+                        box = tuple(parse_int(v) for v in raw_box)
                     except ValueError:
                         problems.append(f"{csv_path} line {line}: face box {','.join(raw_box)} is not 4 integers")
                         continue
@@ -206,7 +253,7 @@ def read_index(csv_path: str | os.PathLike, data_root: str | os.PathLike | None 
     return samples
 
 
-def class_counts(samples: Sequence[Sample], num_classes: int = len(CLASSES)) -> list[int]:
+def class_counts(samples: Sequence[Sample], num_classes: int) -> list[int]:
     """Number of samples per class index."""
     counts = [0] * num_classes
     for s in samples:
@@ -269,12 +316,25 @@ def load_face(sample: Sample, size: int | None = None, draft: bool = True) -> Im
         raise UserError(f"cannot decode image {where}: {err or type(err).__name__}") from None
 
 
-def build_transform(img_size: int, train: bool) -> Callable[[Image.Image], torch.Tensor]:
-    """Thesis preprocessing: resize (S, S) [+ h-flip p=0.5 + light colour jitter] + to tensor + ImageNet norm."""
+@dataclass(frozen=True)
+class Augment:
+    """Training augmentation: horizontal flip probability and colour jitter strengths (torchvision's meaning:
+    brightness, contrast and saturation factors in [1 - x, 1 + x], hue shift in [-x, x] of a full turn).
+    The thesis says "light colour jitter" without strengths; these defaults are ours (train.py's flags)."""
+
+    hflip: float = 0.5
+    brightness: float = 0.2
+    contrast: float = 0.2
+    saturation: float = 0.2
+    hue: float = 0.02
+
+
+def build_transform(img_size: int, train: bool, augment: Augment = Augment()) -> Callable[[Image.Image], torch.Tensor]:
+    """Thesis preprocessing: resize (S, S) [+ h-flip + light colour jitter] + to tensor + ImageNet norm."""
     steps: list[Callable] = [T.Resize((img_size, img_size))]
     if train:
-        # "Light" jitter: the thesis gives no strengths; these are our fixed choice for every run.
-        steps += [T.RandomHorizontalFlip(p=0.5), T.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02)]
+        steps += [T.RandomHorizontalFlip(p=augment.hflip),
+                  T.ColorJitter(augment.brightness, augment.contrast, augment.saturation, augment.hue)]
     steps += [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     return T.Compose(steps)
 
@@ -282,12 +342,13 @@ def build_transform(img_size: int, train: bool) -> Callable[[Image.Image], torch
 class FaceDataset(Dataset):
     """Face crops from index samples as (normalised tensor [3, S, S], label)."""
 
-    def __init__(self, samples: list[Sample], img_size: int = 224, train: bool = False, draft: bool = True) -> None:
+    def __init__(self, samples: list[Sample], img_size: int = 224, train: bool = False, draft: bool = True,
+                 augment: Augment = Augment()) -> None:
         self.samples = samples
         self.img_size = img_size
         self.train = train
         self.draft = draft  # False only to measure / compare against plain full-size decoding
-        self.transform = build_transform(img_size, train)
+        self.transform = build_transform(img_size, train, augment)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -318,148 +379,6 @@ def make_loader(dataset: Dataset, batch_size: int, workers: int, shuffle: bool =
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Converters: the AffectNet layouts users hold -> index CSV
-# ---------------------------------------------------------------------------------------------------------------------
-_AFFECTNET_DROPPED_CODES = {8: "None", 9: "Uncertain", 10: "No-Face"}
-
-
-def _report(out: Path, kept: int, dropped: dict[str, int]) -> None:
-    """Print how many rows a converter kept and dropped, with the reason for each drop."""
-    print(f"wrote {out}: kept {kept}, dropped {sum(dropped.values())}")
-    for reason, n in sorted(dropped.items(), key=lambda item: -item[1]):
-        print(f"  dropped {n}: {reason}")
-    print(f"next: python data.py check --csv {out}")
-
-
-def _relative_to_csv(file: Path, out: Path) -> str:
-    """Path of `file` as written in the index: relative to the output CSV's folder, so the default data root works."""
-    return Path(os.path.relpath(file.resolve(), out.resolve().parent)).as_posix()
-
-
-def convert_affectnet(csv_path: str | os.PathLike, out: str | os.PathLike,
-                      images_root: str | os.PathLike | None = None) -> tuple[int, dict[str, int]]:
-    """Full release training.csv / validation.csv -> index CSV with face boxes; returns (kept, dropped reasons)."""
-    csv_path, out = Path(csv_path), Path(out)
-    if not csv_path.is_file():
-        raise UserError(f"AffectNet CSV not found: {csv_path}")
-    needed = ("subDirectory_filePath", *BOX_COLUMNS, "expression")
-    rows, dropped = [], {}
-    with _csv_reader(csv_path) as reader:
-        columns = reader.fieldnames
-        missing = [c for c in needed if c not in columns]
-        if missing:
-            raise UserError(f"{csv_path}: missing AffectNet column(s) {', '.join(missing)} "
-                            f"(found: {', '.join(columns)})")
-        for row in reader:
-            try:
-                code = int((row["expression"] or "").strip())
-            except ValueError:
-                reason = "expression is not an integer"
-            else:
-                try:
-                    box = [_parse_int((row[c] or "").strip()) for c in BOX_COLUMNS]
-                except ValueError:
-                    box = None
-                if code in _AFFECTNET_DROPPED_CODES:
-                    reason = f"expression {code} ({_AFFECTNET_DROPPED_CODES[code]}) is not in AffectNet-8"
-                elif not 0 <= code < len(CLASSES):
-                    reason = "expression outside 0-10"
-                elif box is None:
-                    reason = "face box is not 4 integers"
-                elif box[2] <= 0 or box[3] <= 0:
-                    reason = "non-positive face box"
-                elif not (row["subDirectory_filePath"] or "").strip():
-                    reason = "empty image path"
-                else:
-                    path = row["subDirectory_filePath"].strip()
-                    if images_root is not None:
-                        path = _relative_to_csv(Path(images_root) / path, out)
-                    rows.append((path, code, *box))
-                    continue
-            dropped[reason] = dropped.get(reason, 0) + 1
-    if not rows:
-        raise UserError(f"{csv_path}: no usable rows (dropped: {dropped})")
-    write_index(out, rows, ("path", "label", *BOX_COLUMNS))
-    return len(rows), dropped
-
-
-def _npy_label(file: Path) -> int:
-    """The label stored in a cropped-release <n>_exp.npy: a 0-d array of a string ('3') or an integer."""
-    value = np.load(file, allow_pickle=False)
-    if value.size != 1:
-        raise ValueError(f"{value.size} values")
-    value = value.reshape(()).item()
-    if isinstance(value, bytes):
-        value = value.decode()
-    if isinstance(value, float) and not value.is_integer():
-        raise ValueError(value)
-    return int(str(value).strip()) if isinstance(value, str) else int(value)
-
-
-def convert_affectnet_npy(split_dir: str | os.PathLike, out: str | os.PathLike) -> tuple[int, dict[str, int]]:
-    """Cropped release <split>/images/<n>.jpg + <split>/annotations/<n>_exp.npy -> index CSV."""
-    split_dir, out = Path(split_dir), Path(out)
-    images_dir, annotations_dir = split_dir / "images", split_dir / "annotations"
-    for folder in (images_dir, annotations_dir):
-        if not folder.is_dir():
-            raise UserError(f"not a cropped AffectNet split (missing folder): {folder}")
-    # Numeric stems sort as numbers so the index follows the release's own numbering.
-    key = lambda p: (0, int(p.stem), "") if p.stem.isdigit() else (1, 0, p.stem)
-    images = sorted((p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS), key=key)
-    rows, dropped, matched = [], {}, set()
-    for image in images:
-        annotation = annotations_dir / f"{image.stem}_exp.npy"
-        try:
-            label = _npy_label(annotation)
-        except FileNotFoundError:
-            reason = "image without <n>_exp.npy annotation"
-        except (OSError, ValueError, TypeError, EOFError) as err:
-            matched.add(annotation.name)
-            reason = f"unreadable annotation ({type(err).__name__})"
-        else:
-            matched.add(annotation.name)
-            if 0 <= label < len(CLASSES):
-                rows.append((_relative_to_csv(image, out), label))
-                continue
-            reason = "annotation outside 0-7"
-        dropped[reason] = dropped.get(reason, 0) + 1
-    orphans = sum(1 for p in annotations_dir.glob("*_exp.npy") if p.name not in matched)
-    if orphans:
-        dropped["annotation without an image (not a row)"] = orphans
-    if not rows:
-        raise UserError(f"{split_dir}: no usable images (dropped: {dropped})")
-    write_index(out, rows, ("path", "label"))
-    return len(rows), dropped
-
-
-def convert_folder(root: str | os.PathLike, out: str | os.PathLike) -> tuple[int, dict[str, int]]:
-    """One folder per class, named by index or class name (case-insensitive, common variants) -> index CSV."""
-    root, out = Path(root), Path(out)
-    if not root.is_dir():
-        raise UserError(f"class folder root not found: {root}")
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not folders:
-        raise UserError(f"{root}: no class folders (expected one folder per class, named 0-7 or by class name)")
-    unknown = [p.name for p in folders if p.name.strip().lower() not in CLASS_ALIASES]
-    if unknown:
-        raise UserError(f"{root}: unknown class folder name(s) {', '.join(unknown)}; found "
-                        f"{', '.join(p.name for p in folders)}; expected 0-7 or names like {', '.join(CLASSES)}")
-    rows, dropped = [], {}
-    for folder in folders:
-        label = CLASS_ALIASES[folder.name.strip().lower()]
-        print(f"  folder {folder.name!r} -> {label} {CLASSES[label]}")
-        for file in sorted(p for p in folder.rglob("*") if p.is_file()):
-            if file.suffix.lower() in IMAGE_EXTENSIONS:
-                rows.append((_relative_to_csv(file, out), label))
-            else:
-                dropped["not an image file extension"] = dropped.get("not an image file extension", 0) + 1
-    if not rows:
-        raise UserError(f"{root}: no image files in the class folders")
-    write_index(out, rows, ("path", "label"))
-    return len(rows), dropped
-
-
-# ---------------------------------------------------------------------------------------------------------------------
 # check and bench
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -473,14 +392,14 @@ def _decode_problem(job: tuple[Sample, int]) -> str | None:
     return None
 
 
-def _focal_alpha(counts: list[int]) -> list[float]:
+def _focal_alpha(counts: list[int], classes: Sequence[str]) -> list[float]:
     """Alpha from losses.class_alpha (the one copy of the formula); a zero-count class becomes a UserError."""
     import losses  # imported here: converters and demo must work without the training stack
 
     try:
         return losses.class_alpha(counts)
     except ValueError as err:
-        empty = [f"{i} {name}" for i, (name, n) in enumerate(zip(CLASSES, counts)) if n == 0]
+        empty = [f"{i} {name}" for i, (name, n) in enumerate(zip(classes, counts)) if n == 0]
         if empty:
             raise UserError(f"focal alpha needs images of every class; none of class {', '.join(empty)}") from None
         raise UserError(f"focal alpha: {err}") from None
@@ -502,17 +421,21 @@ def check_index(csv_path: str | os.PathLike, data_root: str | os.PathLike | None
                     failures.append(problem)
         print(f"decoded {len(present)} images: {len(failures)} failed")
         problems += failures
-    counts = class_counts(samples)
+    classes = read_classes(csv_path)
+    counts = class_counts(samples, len(classes))
     total = max(1, sum(counts))
     try:
-        alpha = _focal_alpha(counts)
+        alpha = _focal_alpha(counts, classes)
     except UserError as err:
         alpha, problems = None, problems + [str(err)]
-    print(f"{'index':>5}  {'class':<9} {'count':>9} {'share':>8} {'alpha':>9}")
-    for i, name in enumerate(CLASSES):
+    declared = Path(csv_path).parent / CLASSES_FILE
+    print(f"{len(classes)} classes ({'from ' + str(declared) if declared.is_file() else 'AffectNet-8, the default'})")
+    width = max(9, *(len(name) for name in classes))
+    print(f"{'index':>5}  {'class':<{width}} {'count':>9} {'share':>8} {'alpha':>9}")
+    for i, name in enumerate(classes):
         a = f"{alpha[i]:9.6f}" if alpha else f"{'-':>9}"
-        print(f"{i:>5}  {name:<9} {counts[i]:>9} {100 * counts[i] / total:>7.2f}% {a}")
-    print(f"{'':>5}  {'total':<9} {sum(counts):>9} {100.0:>7.2f}%")
+        print(f"{i:>5}  {name:<{width}} {counts[i]:>9} {100 * counts[i] / total:>7.2f}% {a}")
+    print(f"{'':>5}  {'total':<{width}} {sum(counts):>9} {100.0:>7.2f}%")
     if alpha:
         print("focal alpha (inverse sqrt class frequency, mean 1): " + ", ".join(f"{a:.6f}" for a in alpha))
     return problems
@@ -588,8 +511,8 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    """Sub-commands: check, affectnet, affectnet-npy, folder, demo, bench."""
-    parser = argparse.ArgumentParser(description="AffectNet-8 index CSVs: convert, check, demo set, decode benchmark.")
+    """Sub-commands: check, one per dataset layout (converters.LAYOUTS), demo, bench."""
+    parser = argparse.ArgumentParser(description="Index CSVs: convert a dataset, check, demo set, loader benchmark.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("check", help="validate an index CSV, print the class table and focal alpha")
@@ -601,18 +524,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--img-size", type=int_at_least(1), default=224,
                    help="input size S, for --decode's reduced-scale decoding")
 
-    p = sub.add_parser("affectnet", help="full release training.csv / validation.csv -> index CSV")
-    p.add_argument("--csv", required=True, help="AffectNet training.csv or validation.csv")
-    p.add_argument("--images-root", help="folder holding subDirectory_filePath (default: paths kept as in the CSV)")
-    p.add_argument("--out", required=True, help="index CSV to write")
+    import converters  # here, not at the top: converters.py imports this module
 
-    p = sub.add_parser("affectnet-npy", help="cropped release <split>/images + <split>/annotations -> index CSV")
-    p.add_argument("--split-dir", required=True, help="e.g. train_set or val_set")
-    p.add_argument("--out", required=True, help="index CSV to write")
-
-    p = sub.add_parser("folder", help="one folder per class (index or name) -> index CSV")
-    p.add_argument("--root", required=True, help="folder holding the class folders")
-    p.add_argument("--out", required=True, help="index CSV to write")
+    for name, (summary, flags, convert) in converters.LAYOUTS.items():
+        p = sub.add_parser(name, help=summary)
+        for names, options in flags:
+            p.add_argument(*names, **options)
+        p.set_defaults(convert=convert)
 
     p = sub.add_parser("demo", help="write the synthetic demo set (train.csv, val.csv, images)")
     p.add_argument("--out", required=True, help="output folder")
@@ -647,22 +565,20 @@ def main(args: argparse.Namespace) -> None:
                 print(f"... and {len(problems) - 100} more problems")
             raise UserError(f"{len(problems)} problem(s) in {args.csv}; first: {problems[0]}")
         print(f"ok: {args.csv}")
-    elif args.command == "affectnet":
-        _report(Path(args.out), *convert_affectnet(args.csv, args.out, args.images_root))
-    elif args.command == "affectnet-npy":
-        _report(Path(args.out), *convert_affectnet_npy(args.split_dir, args.out))
-    elif args.command == "folder":
-        _report(Path(args.out), *convert_folder(args.root, args.out))
+    elif hasattr(args, "convert"):
+        import converters
+
+        converters.report(args.convert(args))
     elif args.command == "demo":
         start = time.perf_counter()
         import demo  # the renderer; not needed by anything else in this file
 
         train_csv, val_csv = demo.make_demo(args.out, args.seed, args.min_train_per_class, args.val_per_class,
-                                       args.image_size)
+                                            args.image_size)
         counts = demo.demo_counts(args.min_train_per_class)
-        print(f"wrote {train_csv} ({sum(counts)} images: "
-              + ", ".join(f"{n} {c}" for n, c in zip(counts, CLASSES))
-              + f") and {val_csv} ({args.val_per_class * len(CLASSES)} images) in {time.perf_counter() - start:.1f}s")
+        print(f"wrote {train_csv} ({sum(counts)} images: " + ", ".join(f"{n} {c}" for n, c in zip(counts, AFFECTNET8))
+              + f") and {val_csv} ({args.val_per_class * len(AFFECTNET8)} images) "
+              f"in {time.perf_counter() - start:.1f}s")
     elif args.command == "bench":
         r = bench(args.csv, args.data_root, args.img_size, args.limit, args.workers, args.batch_size, args.rounds)
         print(f"{r['images']} images at {args.img_size} px, {args.workers} workers, best of {args.rounds} rounds; "

@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from data import CLASSES, TABLE2_COUNTS, Progress, atomic_write, write_index
+from data import AFFECTNET8, TABLE2_COUNTS, Progress, atomic_write, write_classes, write_index
 
 # Face-frame units: u across (-1..1 = face half-width), v down (-1..1 = face half-height).
 # Per class: brow (inner end, outer end) vertical offset (+ = down), eye opening, mouth kind, mouth half-width,
@@ -47,7 +47,7 @@ def _color(rng: np.random.Generator, lo: int = 0, hi: int = 256) -> tuple[int, i
 
 def _draw_face(draw: ImageDraw.ImageDraw, label: int, rng: np.random.Generator, size: int) -> None:
     """Draw one face with the class's expression at a random position, scale, rotation, skin tone and hair."""
-    expr = _EXPRESSIONS[CLASSES[label]]
+    expr = _EXPRESSIONS[AFFECTNET8[label]]
     k = rng.uniform(0.8, 1.0)  # expression intensity: real faces are not all caricatures
     rx = size * rng.uniform(0.30, 0.38)
     ry = rx * rng.uniform(1.12, 1.25)
@@ -98,7 +98,7 @@ def _draw_face(draw: ImageDraw.ImageDraw, label: int, rng: np.random.Generator, 
 
     # Nose; disgust adds wrinkles across the bridge.
     draw.line([P(0, -0.05), P(-0.06, 0.22), P(0.06, 0.24)], fill=dark, width=max(1, line_w // 2))
-    if CLASSES[label] == "disgust":
+    if AFFECTNET8[label] == "disgust":
         for v in (-0.02, 0.06):
             draw.line(curve(lambda u, v=v: v + 2 * u * u, -0.14, 0.14, 6), fill=dark, width=max(1, line_w // 2))
 
@@ -182,20 +182,21 @@ def _demo_file(job: tuple[Path, str, int, int, int, int, int]) -> None:
 
 def make_demo(out_dir: str | os.PathLike, seed: int = 42, min_train_per_class: int = 24, val_per_class: int = 30,
               image_size: int = 96) -> tuple[Path, Path]:
-    """Write a deterministic synthetic demo set (JPEGs + train.csv, val.csv); returns (train_csv, val_csv)."""
+    """Write a deterministic synthetic demo set (JPEGs, classes.txt, train.csv, val.csv); returns both CSVs."""
     out = Path(out_dir)
-    splits = {"train": demo_counts(min_train_per_class), "val": [val_per_class] * len(CLASSES)}
+    splits = {"train": demo_counts(min_train_per_class), "val": [val_per_class] * len(AFFECTNET8)}
     jobs, rows = [], {split: [] for split in splits}
     for split_id, (split, counts) in enumerate(splits.items()):
         for label, count in enumerate(counts):
             for i in range(count):
-                rel = f"{split}/{CLASSES[label]}/{CLASSES[label]}_{i:05d}.jpg"
+                rel = f"{split}/{AFFECTNET8[label]}/{AFFECTNET8[label]}_{i:05d}.jpg"
                 jobs.append((out, rel, seed, split_id, label, i, image_size))
                 rows[split].append((rel, label))
     progress = Progress(len(jobs), "demo")
     with multiprocessing.Pool(os.cpu_count()) as pool:
         for _ in pool.imap_unordered(_demo_file, jobs, chunksize=16):
             progress.step()
+    write_classes(out, AFFECTNET8)
     for split in splits:  # the index files last: they only ever list images that are complete
         write_index(out / f"{split}.csv", rows[split], ("path", "label"))
     return out / "train.csv", out / "val.csv"

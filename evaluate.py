@@ -63,23 +63,42 @@ class ValLogits:
         return f"{prefix}{' + '.join(names)}, {'h-flip' if hflip else 'no'} TTA"
 
 
-def _classes_and_size(arch: dict) -> tuple[list[str], int]:
-    """A checkpoint's class list and input size (the thesis's when the arch predates those keys)."""
-    return list(arch.get("classes", data.CLASSES)), int(arch.get("img_size", 224))
+def align_classes(logits: torch.Tensor, model_classes: Sequence[str], data_classes: Sequence[str],
+                  source: str) -> torch.Tensor:
+    """Logits [N, C_model] -> [N, C_data] in the data's class order, matched by name: a class the model lacks
+    gets -inf (never predicted, probability 0); a model class the data lacks is left out of the argmax."""
+    if list(model_classes) == list(data_classes):
+        return logits
+    shared = [c for c in data_classes if c in model_classes]
+    if not shared:
+        raise data.UserError(f"{source}: no class in common between the model ({', '.join(model_classes)}) and "
+                             f"the data ({', '.join(data_classes)})")
+    dropped = [c for c in model_classes if c not in data_classes]
+    absent = [c for c in data_classes if c not in model_classes]
+    print(f"{source}: scoring on the data's {len(data_classes)} classes by name"
+          + (f"; the data lacks {', '.join(dropped)} (those logits are left out)" if dropped else "")
+          + (f"; the model lacks {', '.join(absent)} (never predicted)" if absent else ""), flush=True)
+    aligned = logits.new_full((logits.shape[0], len(data_classes)), float("-inf"))
+    for j, name in enumerate(data_classes):
+        if name in model_classes:
+            aligned[:, j] = logits[:, list(model_classes).index(name)]
+    return aligned
 
 
 def infer_checkpoints(ckpts: Sequence[str], val_csv: str, data_root: str | None = None, batch_size: int = 128,
                       workers: int = 0, device: str = "auto", amp: bool = True, hflip: bool = False) -> ValLogits:
-    """Validation logits of checkpoints that share classes and image size: one pass per checkpoint (both views)."""
+    """Validation logits of checkpoints that share classes and image size (one pass per checkpoint, both views),
+    in the validation CSV's class order."""
+    classes = data.read_classes(val_csv)
     samples = data.read_index(val_csv, data_root)
     dev = models.resolve_device(device)
     loaded = [(path, *models.load_model(path, dev)) for path in ckpts]  # all first: a mismatch fails before inference
-    classes, size = _classes_and_size(loaded[0][2]["arch"])
+    model_classes, size = models.arch_classes(loaded[0][2]["arch"]), models.arch_img_size(loaded[0][2]["arch"])
     for path, _, meta in loaded[1:]:
-        other_classes, other_size = _classes_and_size(meta["arch"])
-        if other_classes != classes:
+        other_classes, other_size = models.arch_classes(meta["arch"]), models.arch_img_size(meta["arch"])
+        if other_classes != model_classes:
             raise data.UserError(f"{path}: classes {','.join(other_classes)} differ from {ckpts[0]}'s "
-                                 f"{','.join(classes)}; ensembled checkpoints need the same class list")
+                                 f"{','.join(model_classes)}; ensembled checkpoints need the same class list")
         if other_size != size:
             raise data.UserError(f"{path}: image size {other_size} px differs from {ckpts[0]}'s {size} px; "
                                  "ensembled checkpoints need the same image size")
@@ -89,10 +108,10 @@ def infer_checkpoints(ckpts: Sequence[str], val_csv: str, data_root: str | None 
     for path, model, _ in loaded:
         logits, mirrored, labels = models.predict_views(model, loader, dev, amp=amp, hflip=hflip,
                                                         progress=os.path.basename(path))
-        plain.append(logits)
-        flipped.append(mirrored)
+        plain.append(align_classes(logits, model_classes, classes, path))
+        flipped.append(None if mirrored is None else align_classes(mirrored, model_classes, classes, path))
     names = [meta.get("experiment") or os.path.splitext(os.path.basename(path))[0] for path, _, meta in loaded]
-    return ValLogits(plain, flipped if hflip else None, labels, samples, classes, names)
+    return ValLogits(plain, flipped if hflip else None, labels, samples, list(classes), names)
 
 
 def report_logits(out_dir: str, logits: torch.Tensor, val: ValLogits, title: str) -> dict:
@@ -101,8 +120,8 @@ def report_logits(out_dir: str, logits: torch.Tensor, val: ValLogits, title: str
     probs = torch.softmax(logits.float(), dim=1).numpy()
     result = metrics.compute_metrics(val.labels.tolist(), preds.tolist(), val.classes)
     paths = [s.path for s in val.samples]
-    metrics.write_report(out_dir, result, val.classes, predictions=(paths, val.labels.tolist(), preds.tolist(), probs),
-                 title=title)
+    metrics.write_report(out_dir, result, val.classes, title=title,
+                         predictions=(paths, val.labels.tolist(), preds.tolist(), probs))
     return result
 
 

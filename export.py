@@ -50,7 +50,7 @@ def main(args: argparse.Namespace) -> None:
     samples = data.read_index(args.val_csv, args.data_root)[:args.limit] if args.val_csv else None
     model, meta = models.load_model(args.ckpt, "cpu")
     arch = meta["arch"]
-    img_size = args.img_size or int(arch.get("img_size", 224))
+    img_size = args.img_size or models.arch_img_size(arch)
     print(f"{args.ckpt}: {arch['name']} ({meta['experiment']}) at {img_size} px, opset {args.opset}", flush=True)
     start = time.perf_counter()
     blob = onnx_model.export_bytes(model, arch, meta["experiment"], meta["metrics"], img_size, args.opset)
@@ -59,7 +59,7 @@ def main(args: argparse.Namespace) -> None:
     exported = onnx_model.OnnxModel(blob).eval()
     check("random inputs (batches of 1, 3, 4)", onnx_model.verify(model, exported, img_size), args.out)
     if samples is not None:
-        loader = data.make_loader(data.FaceDataset(samples, img_size, train=False), args.batch_size, args.workers)
+        loader = data.make_loader(data.FaceDataset(samples, img_size), args.batch_size, args.workers)
         reference, _ = models.predict_logits(model, loader, "cpu")
         logits, _ = models.predict_logits(exported, loader, "cpu")
         check(f"{args.val_csv} (first {len(samples)} images)", onnx_model.compare(reference, logits), args.out)

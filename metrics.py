@@ -34,7 +34,7 @@ THESIS_RESCUE = {
     "checkpoint ensemble, no TTA": (0.5799, 0.5714),
     "checkpoint ensemble + h-flip TTA": (0.5821, 0.5741),
 }
-# Tables 9 and 10 (per-class F1 in data.CLASSES order): best CNN-only and best hybrid single model.
+# Tables 9 and 10 (per-class F1 in AffectNet-8 order, data.AFFECTNET8): best CNN-only and best hybrid single model.
 THESIS_PER_CLASS_F1 = {
     "cnn": (0.5131, 0.6795, 0.6176, 0.5508, 0.6173, 0.6093, 0.5843, 0.4460),
     "hybrid": (0.5149, 0.6894, 0.6325, 0.5668, 0.6438, 0.5608, 0.5726, 0.3852),
@@ -43,8 +43,7 @@ THESIS_PER_CLASS_F1 = {
 
 # --- Metrics ---
 
-def compute_metrics(labels: Sequence[int], preds: Sequence[int],
-                    class_names: Sequence[str] = data.CLASSES) -> dict:
+def compute_metrics(labels: Sequence[int], preds: Sequence[int], class_names: Sequence[str]) -> dict:
     """Accuracy, macro-F1, per-class precision/recall/F1/support and raw + row-normalised confusion matrices."""
     # Imported here: scikit-learn pulls in SciPy (seconds), which callers that never score (summarize.py's
     # constants, a CLI stopping at bad input) should not pay for.
@@ -116,7 +115,7 @@ def write_report(out_dir: str, metrics: dict, class_names: Sequence[str], predic
 
 
 def read_predictions(path: str) -> tuple[list[str], list[int], list[int], tuple[str, ...]]:
-    """Paths, labels, preds and class names (from prob_<class> columns, else data.CLASSES) of a predictions CSV."""
+    """Paths, labels, preds and class names (from prob_<class> columns, else AffectNet-8's) of a predictions CSV."""
     try:
         with open(path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
@@ -124,7 +123,7 @@ def read_predictions(path: str) -> tuple[list[str], list[int], list[int], tuple[
             missing = [c for c in ("path", "label", "pred") if c not in header]
             if missing:
                 raise data.UserError(f"{path}: missing column(s) {', '.join(missing)} (need path,label,pred)")
-            names = tuple(c[len("prob_"):] for c in header if c.startswith("prob_")) or data.CLASSES
+            names = tuple(c[len("prob_"):] for c in header if c.startswith("prob_")) or data.AFFECTNET8
             paths, labels, preds = [], [], []
             for row in reader:
                 for column, values in (("label", labels), ("pred", preds)):

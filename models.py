@@ -16,6 +16,7 @@ import sys
 import warnings
 import zipfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ContextManager
 
@@ -25,19 +26,39 @@ from torch import nn
 
 import data
 
-MODEL_NAMES = ("resnet50", "convnext_tiny", "convnext_tiny_transformer")
 CHECKPOINT_FORMAT = "fer-checkpoint"
 CHECKPOINT_VERSION = 1
 
-# ResNet50: V2 is torchvision's DEFAULT (80.9 % vs 76.1 % ImageNet top-1), i.e. what
-# `weights="DEFAULT"` gives. ConvNeXt-Tiny has a single release (V1). The hybrid reuses ConvNeXt's.
-IMAGENET_WEIGHTS = {
-    "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V2,
-    "convnext_tiny": torchvision.models.ConvNeXt_Tiny_Weights.IMAGENET1K_V1,
+
+@dataclass(frozen=True)
+class Backbone:
+    """A torchvision ImageNet classifier used as a backbone: its builder, its ImageNet weights, where its
+    1000-class Linear head sits (replaced by a num_classes one; never loaded from ImageNet weights) and the width
+    of the features that head reads."""
+
+    build: Callable[..., nn.Module]
+    weights: torchvision.models.WeightsEnum
+    head: str
+    features: int
+
+
+# Every backbone is one entry here; everything else (CLI choices, weights, heads, checkpoints) derives from it.
+# ResNet50: V2 is torchvision's DEFAULT (80.9 % vs 76.1 % ImageNet top-1); MobileNetV3-Large likewise V2;
+# ConvNeXt-Tiny and EfficientNet-B0 have one release each. EfficientNet-B0 and MobileNetV3-Large are light
+# backbones for real time on a CPU (beyond the thesis).
+BACKBONES: dict[str, Backbone] = {
+    "resnet50": Backbone(torchvision.models.resnet50, torchvision.models.ResNet50_Weights.IMAGENET1K_V2,
+                         "fc", 2048),
+    "convnext_tiny": Backbone(torchvision.models.convnext_tiny,
+                              torchvision.models.ConvNeXt_Tiny_Weights.IMAGENET1K_V1, "classifier.2", 768),
+    "efficientnet_b0": Backbone(torchvision.models.efficientnet_b0,
+                                torchvision.models.EfficientNet_B0_Weights.IMAGENET1K_V1, "classifier.1", 1280),
+    "mobilenet_v3_large": Backbone(torchvision.models.mobilenet_v3_large,
+                                   torchvision.models.MobileNet_V3_Large_Weights.IMAGENET1K_V2, "classifier.3", 1280),
 }
-# Keys of the 1000-class ImageNet head: never loaded, the head is replaced by a num_classes one.
-_HEAD_KEYS = {"resnet50": ("fc.weight", "fc.bias"),
-              "convnext_tiny": ("classifier.2.weight", "classifier.2.bias")}
+# Models that put a Transformer on a backbone's feature map instead of its head: name -> backbone.
+HYBRIDS: dict[str, str] = {"convnext_tiny_transformer": "convnext_tiny"}
+MODEL_NAMES: tuple[str, ...] = (*BACKBONES, *HYBRIDS)
 
 # Hybrid hyper-parameters. The thesis fixes d_model 256 and a 512-wide feed-forward layer (Table 7's
 # +0.527 M per block); heads and dropout are ours: 8 heads (d_head 32, the usual 32-64 per head; the
@@ -86,17 +107,14 @@ def build_model(name: str, num_classes: int = 8, blocks: int = 1,
     """Build a model; weights is "imagenet", "none" (random init) or a path to a torchvision backbone state dict."""
     if name not in MODEL_NAMES:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
-    if name == "convnext_tiny_transformer" and blocks < 1:
-        raise ValueError(f"blocks must be >= 1, got {blocks}")
-    backbone_name = "resnet50" if name == "resnet50" else "convnext_tiny"
-    backbone = _load_backbone(backbone_name, weights)
-    if name == "resnet50":
-        backbone.fc = nn.Linear(backbone.fc.in_features, num_classes)
-        return backbone
-    if name == "convnext_tiny":
-        backbone.classifier[2] = nn.Linear(backbone.classifier[2].in_features, num_classes)
-        return backbone
-    return ConvNeXtTransformer(backbone, num_classes=num_classes, blocks=blocks)
+    if name in HYBRIDS:
+        if blocks < 1:
+            raise ValueError(f"blocks must be >= 1, got {blocks}")
+        return ConvNeXtTransformer(_load_backbone(HYBRIDS[name], weights), num_classes=num_classes, blocks=blocks)
+    model, spec = _load_backbone(name, weights), BACKBONES[name]
+    parent, _, leaf = spec.head.rpartition(".")
+    setattr(model.get_submodule(parent), leaf, nn.Linear(spec.features, num_classes))
+    return model
 
 
 def count_params(model: nn.Module) -> int:
@@ -110,7 +128,7 @@ def _load_backbone(backbone_name: str, weights: str | os.PathLike) -> nn.Module:
     # init alone takes seconds on a CPU).
     state = None if weights == "none" else (
         _imagenet_state_dict(backbone_name) if weights == "imagenet" else _read_state_dict(weights))
-    model = getattr(torchvision.models, backbone_name)(weights=None)
+    model = BACKBONES[backbone_name].build(weights=None)
     if state is None:
         return model
     if weights == "imagenet":
@@ -119,7 +137,8 @@ def _load_backbone(backbone_name: str, weights: str | os.PathLike) -> nn.Module:
         except RuntimeError as err:
             raise CheckpointError(f"ImageNet weights for {backbone_name} do not fit ({_one_line(err)})") from None
         return model
-    head_keys = _HEAD_KEYS[backbone_name]
+    head = BACKBONES[backbone_name].head
+    head_keys = (f"{head}.weight", f"{head}.bias")
     state = {k: v for k, v in state.items() if k not in head_keys}
     try:
         result = model.load_state_dict(state, strict=False)
@@ -145,7 +164,7 @@ def _preview(keys: list[str], limit: int = 5) -> str:
 
 def _imagenet_state_dict(backbone_name: str) -> dict[str, torch.Tensor]:
     """torchvision's ImageNet weights from the torch hub cache, downloading them if they are not there."""
-    weights = IMAGENET_WEIGHTS[backbone_name]
+    weights = BACKBONES[backbone_name].weights
     file_name = os.path.basename(weights.url)
     cached = Path(torch.hub.get_dir()) / "checkpoints" / file_name
     alternatives = "or pass --weights none (random init) or --weights PATH (a torchvision state dict)"
@@ -351,6 +370,16 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
             or not isinstance(checkpoint.get("model"), dict)):
         raise CheckpointError(f"{path}: damaged checkpoint (bad 'arch' or 'model' entry)")
     return checkpoint
+
+
+def arch_classes(arch: dict) -> tuple[str, ...]:
+    """A checkpoint's class names (AffectNet-8 for checkpoints that predate the key)."""
+    return tuple(arch.get("classes") or data.AFFECTNET8)
+
+
+def arch_img_size(arch: dict) -> int:
+    """A checkpoint's input size (the thesis's 224 for checkpoints that predate the key)."""
+    return int(arch.get("img_size") or 224)
 
 
 def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:

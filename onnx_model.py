@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 import data
+import models
 
 FORMAT = "fer-onnx"
 VERSION = 1
@@ -49,7 +50,7 @@ def require(feature: str, modules: Sequence[str] = ("onnx", "onnxruntime")) -> l
 
 def metadata(arch: dict, experiment: str | None, metrics: dict | None, img_size: int, opset: int) -> dict[str, str]:
     """The metadata_props of an exported model (ONNX stores strings, so lists and dicts are JSON)."""
-    classes = list(arch.get("classes") or data.CLASSES)
+    classes = list(models.arch_classes(arch))
     return {
         "format": FORMAT, "version": str(VERSION),
         "model": arch["name"], "blocks": str(int(arch.get("blocks", 1))), "num_classes": str(int(arch["num_classes"])),

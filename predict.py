@@ -597,8 +597,8 @@ def main(args: argparse.Namespace) -> None:
     device = models.resolve_device(args.device)
     model, meta = models.load_model(args.ckpt, device)
     arch = meta["arch"]
-    img_size = int(arch.get("img_size", 224))
-    classes = list(arch.get("classes") or data.CLASSES)
+    img_size = models.arch_img_size(arch)
+    classes = list(models.arch_classes(arch))
     names = OutputNames(out_dir / "annotated") if args.annotate else None
     print(f"{args.ckpt}: {arch['name']} at {img_size} px on {device}; {len(images)} images, {len(videos)} videos"
           + (f"; faces found by {detector.name}" if detector is not None and (videos or args.detect) else ""),

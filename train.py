@@ -1,4 +1,4 @@
-"""Train one model on AffectNet-8 index CSVs with the thesis recipe: resumable, deterministic, distributed.
+"""Train one model on index CSVs with the thesis recipe: resumable, deterministic, distributed.
 
     python train.py --train-csv T --val-csv V --model convnext_tiny --loss focal --alpha auto [--out DIR]
     torchrun --nproc_per_node=N train.py ...      # DDP: --batch-size stays the global batch, N processes
@@ -52,8 +52,8 @@ import models
 
 # The settings that define a run. Resuming with any of them changed would not continue the same run
 # (e.g. --epochs sets the cosine schedule's length), so --resume refuses instead of mixing recipes.
-RECIPE_KEYS = ("model", "blocks", "img_size", "loss", "gamma", "alpha", "epochs", "batch_size", "lr",
-               "weight_decay", "warmup_epochs", "ema", "ema_decay", "clip_grad", "patience", "seed", "sampler")
+RECIPE_KEYS = ("model", "blocks", "img_size", "hflip", "jitter", "loss", "gamma", "alpha", "epochs", "batch_size",
+               "lr", "weight_decay", "warmup_epochs", "ema", "ema_decay", "clip_grad", "patience", "seed", "sampler")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -66,6 +66,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--img-size", type=data.int_at_least(1), default=224, help="input side in pixels (default: 224)")
     g.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                    help="data-loading processes per training process (default: min(8, CPUs))")
+    g.add_argument("--hflip", type=probability, default=0.5,
+                   help="training: probability of a horizontal flip (default: 0.5, as the thesis)")
+    g.add_argument("--jitter", type=parse_jitter, default=parse_jitter("0.2,0.2,0.2,0.02"), metavar="B,C,S,H",
+                   help="training colour jitter: brightness, contrast, saturation (factor in [1-x, 1+x]) and hue "
+                        "(shift in [-x, x] turns), as torchvision's ColorJitter (default: 0.2,0.2,0.2,0.02; "
+                        "0,0,0,0 = off)")
     g.add_argument("--sampler", choices=("shuffle", "balanced"), default="shuffle",
                    help="shuffle: every image once per epoch (thesis); balanced: inverse class frequency, "
                         "with replacement, same number of draws (beyond the thesis)")
@@ -78,7 +84,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--gamma", type=float, default=2.0, help="focal loss gamma (default: 2.0)")
     g.add_argument("--alpha", type=parse_alpha, default="none",
                    help="focal class weights: auto (1/sqrt(class frequency) of the training CSV, mean 1), "
-                        "none, or 8 comma-separated numbers (default: none)")
+                        "none, or one comma-separated number per class (default: none)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=data.int_at_least(1), default=30,
                    help="maximum epochs; early stopping usually ends sooner (default: 30, the thesis gives none)")
@@ -116,18 +122,41 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_alpha(text: str) -> str | list[float]:
-    """argparse type: "auto", "none" or exactly one number per class."""
-    if text in ("auto", "none"):
-        return text
+def probability(text: str) -> float:
+    """argparse type: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1], got {text!r}")
+    return value
+
+
+def parse_jitter(text: str) -> list[float]:
+    """argparse type: brightness, contrast, saturation in [0, 1] and hue in [0, 0.5], comma-separated."""
     try:
         values = [float(v) for v in text.split(",")]
     except ValueError:
         values = []
-    if len(values) != len(data.CLASSES):
-        raise argparse.ArgumentTypeError(f"expected auto, none or {len(data.CLASSES)} comma-separated numbers, "
-                                         f"got {text!r}")
+    if len(values) != 4 or not all(0 <= v <= 1 for v in values[:3]) or not 0 <= values[3] <= 0.5:
+        raise argparse.ArgumentTypeError(f"expected B,C,S,H with B, C, S in [0, 1] and H in [0, 0.5], got {text!r}")
     return values
+
+
+def augment_from(args: argparse.Namespace) -> data.Augment:
+    """The training augmentation the flags ask for."""
+    return data.Augment(args.hflip, *args.jitter)
+
+
+def parse_alpha(text: str) -> str | list[float]:
+    """argparse type: "auto", "none" or comma-separated numbers (one per class, checked once the classes are known)."""
+    if text in ("auto", "none"):
+        return text
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto, none or comma-separated numbers, got {text!r}") from None
 
 
 # --- Run setup ---
@@ -151,25 +180,36 @@ def distributed(device_name: str) -> Iterator[tuple[torch.device, int, int]]:
         dist.destroy_process_group()
 
 
-def resolve_alpha(args: argparse.Namespace, train_samples: list[data.Sample]) -> list[float] | None:
+def resolve_alpha(args: argparse.Namespace, counts: list[int], classes: tuple[str, ...]) -> list[float] | None:
     """The focal-loss class weights the flags ask for (auto: from the training CSV's class counts)."""
     if args.alpha == "none":
         return None
     if args.loss != "focal":
         raise data.UserError("--alpha weights the focal loss only; add --loss focal or drop --alpha")
     if args.alpha != "auto":
+        if len(args.alpha) != len(classes):
+            raise data.UserError(f"--alpha: {len(args.alpha)} numbers for {len(classes)} classes "
+                                 f"({', '.join(classes)})")
         return list(args.alpha)
-    counts = data.class_counts(train_samples)
-    missing = [name for name, count in zip(data.CLASSES, counts) if count == 0]
+    missing = [name for name, count in zip(classes, counts) if count == 0]
     if missing:
         raise data.UserError(f"--alpha auto: {args.train_csv} has no '{missing[0]}' images, so its weight "
-                             f"1/sqrt(frequency) is undefined (give --alpha as {len(data.CLASSES)} numbers)")
+                             f"1/sqrt(frequency) is undefined (give --alpha as {len(classes)} numbers)")
     return losses.class_alpha(counts)
+
+
+def read_classes(args: argparse.Namespace) -> tuple[str, ...]:
+    """The run's classes: the training CSV's; the validation CSV must declare the same ones."""
+    classes, val_classes = data.read_classes(args.train_csv), data.read_classes(args.val_csv)
+    if val_classes != classes:
+        raise data.UserError(f"--val-csv {args.val_csv} has classes {', '.join(val_classes)} but --train-csv "
+                             f"{args.train_csv} has {', '.join(classes)} (see their {data.CLASSES_FILE})")
+    return classes
 
 
 def default_experiment(args: argparse.Namespace) -> str:
     """A run id from the settings that tell runs apart, e.g. convnext_tiny_transformer2_focal_alpha_ema."""
-    parts = [args.model + (str(args.blocks) if args.model == "convnext_tiny_transformer" else ""), args.loss]
+    parts = [args.model + (str(args.blocks) if args.model in models.HYBRIDS else ""), args.loss]
     parts += ["alpha"] if args.alpha != "none" else []
     parts += ["ema"] if args.ema else []
     return "_".join(parts)
@@ -224,7 +264,7 @@ class BalancedSampler(Sampler[int]):
     """
 
     def __init__(self, labels: list[int], seed: int, rank: int = 0, world: int = 1) -> None:
-        counts = np.bincount(labels, minlength=len(data.CLASSES))
+        counts = np.bincount(labels)
         self.weights = torch.tensor([1.0 / counts[label] for label in labels], dtype=torch.float64)
         self.num_samples = math.ceil(len(labels) / world)
         self.seed, self.rank, self.epoch = seed, rank, 0
@@ -380,7 +420,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
 
 
 def evaluate(model: nn.Module, criterion: nn.Module, loader: DataLoader, device: torch.device, amp: bool,
-             world: int, size: int) -> tuple[dict, float, torch.Tensor]:
+             world: int, size: int, classes: tuple[str, ...]) -> tuple[dict, float, torch.Tensor]:
     """Validation (metrics, loss, logits [N, C] in CSV order) over the whole set, each image exactly once.
 
     Under DDP each rank predicts its shard (images rank, rank + world, ...) and all ranks gather the
@@ -399,7 +439,7 @@ def evaluate(model: nn.Module, criterion: nn.Module, loader: DataLoader, device:
         for rank, (shard_logits, shard_labels) in enumerate(shards):
             logits[rank::world], labels[rank::world] = shard_logits, shard_labels
     loss = criterion(logits.to(device), labels.to(device)).item()
-    result = metrics.compute_metrics(labels.tolist(), logits.argmax(dim=1).tolist(), data.CLASSES)
+    result = metrics.compute_metrics(labels.tolist(), logits.argmax(dim=1).tolist(), classes)
     return result, loss, logits
 
 
@@ -431,10 +471,11 @@ def write_json(path: Path, obj: dict) -> None:
         f.write("\n")
 
 
-def write_predictions(out: Path, val: dict, samples: list[data.Sample], logits: torch.Tensor, title: str) -> None:
+def write_predictions(out: Path, val: dict, samples: list[data.Sample], logits: torch.Tensor, title: str,
+                      classes: tuple[str, ...]) -> None:
     """predictions.csv, metrics.json and the confusion matrices of the best weights (evaluate.py's writer)."""
     preds = logits.argmax(dim=1).tolist()
-    metrics.write_report(out, val, list(data.CLASSES), title=title,
+    metrics.write_report(out, val, list(classes), title=title,
                          predictions=([s.path for s in samples], [s.label for s in samples], preds,
                                       torch.softmax(logits, dim=1).numpy()))
 
@@ -452,16 +493,18 @@ def main(args: argparse.Namespace) -> None:
     with distributed(args.device) as (device, rank, world):
         args.amp_on = args.amp and device.type == "cuda"
         # Inputs first: a missing file stops the run in seconds, before any model is built.
+        classes = read_classes(args)
         train_samples = data.read_index(args.train_csv, args.data_root, check_files=True)
         val_samples = data.read_index(args.val_csv, args.data_root, check_files=True)
-        alpha = resolve_alpha(args, train_samples)
+        counts = data.class_counts(train_samples, len(classes))
+        alpha = resolve_alpha(args, counts, classes)
         if args.batch_size % world:
             raise data.UserError(f"--batch-size {args.batch_size} does not split evenly over {world} processes")
         batch = args.batch_size // world
         args.experiment = args.experiment or default_experiment(args)
         out = Path(args.out or Path("results") / args.experiment)
-        recipe = {key: getattr(args, key) for key in RECIPE_KEYS} | {"alpha": alpha,
-                                                                     "train_images": len(train_samples)}
+        recipe = {key: getattr(args, key) for key in RECIPE_KEYS} | {
+            "alpha": alpha, "train_images": len(train_samples), "classes": list(classes)}
         checkpoint = check_resume(out, args.resume, recipe)
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
@@ -476,7 +519,7 @@ def main(args: argparse.Namespace) -> None:
 
         seed_everything(args.seed, device)
         # On resume the weights come from last.pt, so no ImageNet download is needed.
-        model = models.build_model(args.model, num_classes=len(data.CLASSES), blocks=args.blocks,
+        model = models.build_model(args.model, num_classes=len(classes), blocks=args.blocks,
                                    weights="none" if checkpoint is not None else args.weights)
         model.to(device)
         if args.channels_last:
@@ -488,7 +531,7 @@ def main(args: argparse.Namespace) -> None:
         optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
                                       fused=device.type in ("cuda", "cpu"))
 
-        train_set = data.FaceDataset(train_samples, args.img_size, train=True)
+        train_set = data.FaceDataset(train_samples, args.img_size, train=True, augment=augment_from(args))
         if args.sampler == "balanced":
             sampler = BalancedSampler([s.label for s in train_samples], args.seed, rank, world)
         else:
@@ -522,8 +565,8 @@ def main(args: argparse.Namespace) -> None:
         if args.compile:
             train_model = torch.compile(train_model)
 
-        arch = {"name": args.model, "blocks": args.blocks, "num_classes": len(data.CLASSES),
-                "img_size": args.img_size, "classes": list(data.CLASSES)}
+        arch = {"name": args.model, "blocks": args.blocks, "num_classes": len(classes), "img_size": args.img_size,
+                "classes": list(classes), "class_counts": counts}
         params = models.count_params(model)
         if rank == 0:
             write_json(out / "config.json", {
@@ -559,7 +602,7 @@ def main(args: argparse.Namespace) -> None:
             del loader  # ends its workers before validation starts
             eval_model = ema.module if ema is not None else model
             val, val_loss, logits = evaluate(eval_model, criterion, val_loader, device, args.amp_on, world,
-                                                     len(val_set))
+                                             len(val_set), classes)
             improved = best is None or (val["macro_f1"], val["accuracy"]) > (best["macro_f1"], best["accuracy"])
             if improved:
                 best = val | {"epoch": epoch, "val_loss": val_loss}
@@ -568,13 +611,13 @@ def main(args: argparse.Namespace) -> None:
             stop_reason = "early stopping" if early else "max epochs" if epoch == args.epochs else None
             history.append({"epoch": epoch, "lr": train["lr"], "train_loss": train["train_loss"],
                             "val_loss": val_loss, "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
-                            **{f"f1_{name}": val["per_class"][name]["f1"] for name in data.CLASSES},
+                            **{f"f1_{name}": val["per_class"][name]["f1"] for name in classes},
                             "seconds": time.perf_counter() - epoch_start, "images_per_s": train["images_per_s"]})
             if rank == 0:
                 if improved:  # best.pt before last.pt: a crash between the two leaves a resumable pair
                     models.save_checkpoint(out / "best.pt", eval_model, arch, args.experiment,
                                            metrics=val | {"epoch": epoch})
-                    write_predictions(out, val, val_samples, logits, title=f"{args.experiment}, epoch {epoch}")
+                    write_predictions(out, val, val_samples, logits, f"{args.experiment}, epoch {epoch}", classes)
                 write_history(out / "history.csv", history)
                 models.save_checkpoint(out / "last.pt", model, arch, args.experiment, metrics=val | {"epoch": epoch},
                                        train_state={

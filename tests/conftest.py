@@ -1,4 +1,6 @@
-"""Shared pytest fixtures: the repo root on sys.path and one tiny demo set per test session."""
+"""Shared pytest fixtures: the repo root on sys.path, one tiny demo set per test session, a script runner."""
+import contextlib
+import io
 import sys
 from pathlib import Path
 
@@ -18,3 +20,11 @@ def demo_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     out = tmp_path_factory.mktemp("demo")
     train_csv, val_csv = demo.make_demo(out, seed=0, min_train_per_class=3, val_per_class=4, image_size=64)
     return Path(train_csv), Path(val_csv)
+
+
+def call(script, *args) -> str:
+    """A script's main() in-process with parsed arguments (a subprocess costs seconds of imports); its stdout."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        script.main(script.get_args_parser().parse_args([str(a) for a in args]))
+    return buffer.getvalue()

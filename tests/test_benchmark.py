@@ -158,7 +158,7 @@ def thesis_ckpt(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("bench") / "best.pt"
     torch.manual_seed(0)
     model = models.build_model("resnet50", weights="none")
-    arch = {"name": "resnet50", "blocks": 1, "num_classes": 8, "img_size": 32, "classes": list(data.CLASSES)}
+    arch = {"name": "resnet50", "blocks": 1, "num_classes": 8, "img_size": 32, "classes": list(data.AFFECTNET8)}
     models.save_checkpoint(path, model, arch, "baseline_resnet50_ce_run1",
                            metrics={"accuracy": 0.6125, "macro_f1": 0.5875, "epoch": 3})
     return str(path)

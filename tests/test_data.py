@@ -91,7 +91,7 @@ def test_demo_cli_twice_gives_identical_files(tmp_path, capsys):
         assert code == 0, err
     first = tree(tmp_path / "a")
     assert first == tree(tmp_path / "b")
-    assert len(first) == sum(demo.demo_counts(1)) + 8 + 2  # train images + one val image per class + two CSVs
+    assert len(first) == sum(demo.demo_counts(1)) + 8 + 3  # train + one val image per class, classes.txt, 2 CSVs
     assert "train.csv" in first and "val/contempt/contempt_00000.jpg" in first
     labels = [s.label for s in data.read_index(tmp_path / "a" / "train.csv")]
     assert [labels.count(i) for i in range(8)] == demo.demo_counts(1)
@@ -113,7 +113,7 @@ def test_check_demo_prints_class_table_and_alpha(demo_data, capsys):
     code, out, err = cli(capsys, "check", "--csv", train_csv)
     assert code == 0, err
     rows = table_rows(out)
-    assert [r[:2] for r in rows] == list(enumerate(data.CLASSES))
+    assert [r[:2] for r in rows] == list(enumerate(data.AFFECTNET8))
     assert [r[2] for r in rows] == demo.demo_counts(3)
     alpha = [r[4] for r in rows]
     assert len(alpha) == 8 and abs(np.mean(alpha) - 1) < 1e-5

@@ -1,7 +1,5 @@
 """Evaluation: metrics against hand computation, ensembling and flip TTA, the Table 6 run, bad input."""
-import contextlib
 import csv
-import io
 import json
 import subprocess
 import sys
@@ -17,6 +15,7 @@ import ensemble_tta
 import evaluate
 import metrics
 import models
+from conftest import call
 
 ROOT = Path(__file__).resolve().parent.parent
 IMG = 64
@@ -39,14 +38,6 @@ def run(script: str, *args) -> subprocess.CompletedProcess:
     """The script as a user runs it (for exit code and stderr)."""
     return subprocess.run([sys.executable, script, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
-
-
-def call(script, *args) -> str:
-    """The script's main() in-process with parsed arguments (subprocesses cost seconds of imports); its stdout."""
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        script.main(script.get_args_parser().parse_args([str(a) for a in args]))
-    return buf.getvalue()
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
@@ -84,7 +75,7 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     """Random-weight 64 px checkpoints: resnet50 (A), convnext_tiny (B), and A claiming 96 px (A96)."""
     out = tmp_path_factory.mktemp("ckpt")
     torch.manual_seed(0)
-    arch = {"blocks": 1, "num_classes": len(data.CLASSES), "img_size": IMG, "classes": list(data.CLASSES)}
+    arch = {"blocks": 1, "num_classes": len(data.AFFECTNET8), "img_size": IMG, "classes": list(data.AFFECTNET8)}
     resnet = models.build_model("resnet50", weights="none")
     models.save_checkpoint(out / "A.pt", resnet, {**arch, "name": "resnet50"}, "exp_a")
     models.save_checkpoint(out / "A96.pt", resnet, {**arch, "name": "resnet50", "img_size": 96}, "exp_a96")
@@ -120,8 +111,8 @@ def test_rescore_reproduces_hand_computed_metrics(tmp_path):
     want = hand_metrics(MATRIX)
     assert got["accuracy"] == pytest.approx(want["accuracy"], abs=1e-12)
     assert got["macro_f1"] == pytest.approx(want["macro_f1"], abs=1e-12)
-    assert list(got["per_class"]) == list(data.CLASSES)
-    for k, name in enumerate(data.CLASSES):
+    assert list(got["per_class"]) == list(data.AFFECTNET8)
+    for k, name in enumerate(data.AFFECTNET8):
         for key in ("precision", "recall", "f1"):
             assert got["per_class"][name][key] == pytest.approx(want[key][k], abs=1e-12), (name, key)
         assert got["per_class"][name]["support"] == want["support"][k]
@@ -136,7 +127,7 @@ def test_rescore_reproduces_hand_computed_metrics(tmp_path):
     assert neutral[1:] == [f"{want[k][0]:.4f}" for k in ("precision", "recall", "f1")] + [str(want["support"][0])]
     with open(tmp_path / "out" / "confusion_matrix.csv", newline="") as f:
         rows = list(csv.reader(f))
-    assert rows[0][1:] == list(data.CLASSES) and [list(map(int, r[1:])) for r in rows[1:]] == MATRIX
+    assert rows[0][1:] == list(data.AFFECTNET8) and [list(map(int, r[1:])) for r in rows[1:]] == MATRIX
     for png in ("confusion_matrix.png", "confusion_matrix_normalized.png"):
         with Image.open(tmp_path / "out" / png) as image:
             assert image.format == "PNG" and min(image.size) > 8 * 60
@@ -150,7 +141,7 @@ def test_self_ensemble_equals_single_checkpoint(checkpoints, small_val):
     loader = data.make_loader(data.FaceDataset(pair.samples, img_size=IMG), batch_size=8, workers=0)
     alone, labels = models.predict_logits(model, loader, torch.device("cpu"))
     alone_tta, _ = models.predict_logits(model, loader, torch.device("cpu"), hflip=True)
-    assert alone.dtype == torch.float32 and alone.shape == (len(pair.samples), len(data.CLASSES))
+    assert alone.dtype == torch.float32 and alone.shape == (len(pair.samples), len(data.AFFECTNET8))
     assert torch.equal(labels, pair.labels)
     assert torch.equal(pair.average(), alone)
     assert torch.equal(pair.average(hflip=True), alone_tta)
@@ -216,9 +207,9 @@ def test_evaluate_ckpt_matches_table_single_checkpoint(checkpoints, demo_data, t
          "--device", "cpu", "--out", out)
     with open(out / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["path", "label", "pred", *(f"prob_{c}" for c in data.CLASSES)]
+    assert list(rows[0]) == ["path", "label", "pred", *(f"prob_{c}" for c in data.AFFECTNET8)]
     assert len(rows) == len(data.read_index(demo_data[1]))
-    probs = np.array([[float(r[f"prob_{c}"]) for c in data.CLASSES] for r in rows])
+    probs = np.array([[float(r[f"prob_{c}"]) for c in data.AFFECTNET8] for r in rows])
     assert np.allclose(probs.sum(axis=1), 1, atol=1e-4)
     assert [int(r["pred"]) for r in rows] == probs.argmax(axis=1).tolist()
     # The table's cached flipped logits give exactly what a fresh single-checkpoint h-flip run gives.

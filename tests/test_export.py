@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 INSTALL = "pip install -r requirements-onnx.txt"
 # Every architecture: each backbone of the table, and the hybrid with one and two blocks. The two-block hybrid
 # gets its own class list, so nothing assumes AffectNet's eight.
-ARCHS = [(name, 1, list(data.CLASSES)) for name in models.MODEL_NAMES] + [
-    ("convnext_tiny_transformer", 2, ["calm", "joy", "grief", "shock", "dread"])]
+ARCHS = [(name, 1, list(data.AFFECTNET8)) for name in models.MODEL_NAMES] + [
+    (name, 2, ["calm", "joy", "grief", "shock", "dread"]) for name in models.HYBRIDS]
 
 
 def save_ckpt(path: Path, name: str, blocks: int, classes: list[str], img_size: int) -> torch.nn.Module:
@@ -81,7 +81,7 @@ def test_compare_bound_scales_with_the_logits_and_forgives_near_ties():
 def exported64(tmp_path_factory) -> tuple[Path, Path]:
     """A random-weight ConvNeXt-Tiny checkpoint at the demo set's 64 px and its export: (best.pt, model.onnx)."""
     folder = tmp_path_factory.mktemp("onnx")
-    save_ckpt(folder / "best.pt", "convnext_tiny", 1, list(data.CLASSES), img_size=64)
+    save_ckpt(folder / "best.pt", "convnext_tiny", 1, list(data.AFFECTNET8), img_size=64)
     run_export("--ckpt", folder / "best.pt", "--out", folder / "model.onnx")
     return folder / "best.pt", folder / "model.onnx"
 
@@ -111,8 +111,8 @@ def test_val_csv_check_and_predict_gives_the_checkpoints_labels(demo_data, expor
     for file, want in rows["pt"].items():
         got = rows["onnx"][file]
         assert (got["label"], got["name"]) == (want["label"], want["name"])
-        np.testing.assert_allclose([float(got[f"prob_{c}"]) for c in data.CLASSES],
-                                   [float(want[f"prob_{c}"]) for c in data.CLASSES], atol=2e-6)
+        np.testing.assert_allclose([float(got[f"prob_{c}"]) for c in data.AFFECTNET8],
+                                   [float(want[f"prob_{c}"]) for c in data.AFFECTNET8], atol=2e-6)
 
 
 def test_a_disagreeing_export_is_refused_and_not_written(exported64, tmp_path, monkeypatch):

@@ -28,7 +28,7 @@ RECIPE = ("--model", "resnet50", "--weights", "none", "--img-size", "64", "--bat
           "--epochs", "2", "--loss", "focal", "--alpha", "auto", "--ema", "--warmup-epochs", "1",
           "--clip-grad", "1.0", "--log-interval-s", "0")
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "val_loss", "val_accuracy", "val_macro_f1",
-                  *(f"f1_{name}" for name in data.CLASSES)]
+                  *(f"f1_{name}" for name in data.AFFECTNET8)]
 OUTPUTS = ["config.json", "history.csv", "train.log", "last.pt", "best.pt", "summary.json", "predictions.csv",
            "metrics.json", "per_class.csv", "confusion_matrix.csv", "confusion_matrix_normalized.csv",
            "confusion_matrix.png", "confusion_matrix_normalized.png"]
@@ -206,7 +206,7 @@ def test_predictions_csv_comes_from_the_best_checkpoint(runs, small):
         rows = list(csv.DictReader(f))
     assert [r["path"] for r in rows] == [s.path for s in samples]
     assert [int(r["pred"]) for r in rows] == logits.argmax(1).tolist()
-    probs = torch.tensor([[float(r[f"prob_{c}"]) for c in data.CLASSES] for r in rows])
+    probs = torch.tensor([[float(r[f"prob_{c}"]) for c in data.AFFECTNET8] for r in rows])
     torch.testing.assert_close(probs, logits.softmax(1), atol=2e-6, rtol=0)
 
 

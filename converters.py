@@ -1,0 +1,419 @@
+"""Converters: the dataset layouts users hold -> index CSVs (path,label[,face box]) with classes.txt beside them.
+
+    python data.py affectnet | affectnet-npy | folder | rafdb | fer2013 | ferplus --help
+
+Every converter keeps the rows it can use, counts every row it drops by reason (data.py prints the report),
+and writes classes.txt in the canonical class spelling, so a model trained on one dataset is scored on
+another by class name. Each returns [(index CSV written, rows kept, {drop reason: rows})].
+"""
+from __future__ import annotations
+
+import io
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from data import (AFFECTNET8, BOX_COLUMNS, CLASS_ALIASES, IMAGE_EXTENSIONS, Progress, UserError, atomic_write,
+                  canonical_class, open_csv, parse_int, write_classes, write_index)
+
+Report = list[tuple[Path, int, dict[str, int]]]
+
+# The 7 basic expressions (AffectNet-8 without contempt), in AffectNet's order: RAF-DB, FER2013 and AffectNet-7
+# share this list, so their models can be ensembled and compared class for class.
+BASIC7: tuple[str, ...] = AFFECTNET8[:7]
+_AFFECTNET_DROPPED_CODES = {8: "None", 9: "Uncertain", 10: "No-Face"}
+# RAF-DB basic labels 1-7 and FER2013 labels 0-6, each in its dataset's own order.
+RAFDB_LABELS: tuple[str, ...] = ("surprise", "fear", "disgust", "happy", "sad", "anger", "neutral")
+FER2013_LABELS: tuple[str, ...] = ("anger", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+# FER2013's Usage column -> the index CSV of that split (PublicTest is the usual validation set).
+FER2013_SPLITS = {"Training": "train.csv", "PublicTest": "val.csv", "PrivateTest": "test.csv"}
+# FERPlus vote columns (fer2013new.csv), in its own order; the last two are not expressions.
+FERPLUS_VOTES: tuple[str, ...] = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear",
+                                  "contempt", "unknown", "NF")
+
+
+def relative_to_csv(file: Path, out: Path) -> str:
+    """Path of `file` as written in the index: relative to the output CSV's folder, so the default data root works."""
+    return Path(os.path.relpath(file.resolve(), out.resolve().parent)).as_posix()
+
+
+def _count(dropped: dict[str, int], reason: str) -> None:
+    dropped[reason] = dropped.get(reason, 0) + 1
+
+
+def _write(out: Path, rows: Sequence[Sequence[object]], columns: Sequence[str], classes: Sequence[str],
+           dropped: dict[str, int], source: object) -> tuple[Path, int, dict[str, int]]:
+    """Write one index CSV and its classes.txt (classes first: an index never appears without them)."""
+    if not rows:
+        raise UserError(f"{source}: no usable rows (dropped: {dropped})")
+    write_classes(out.parent, classes)
+    write_index(out, rows, columns)
+    return out, len(rows), dropped
+
+
+def _affectnet_classes(count: int) -> tuple[str, ...]:
+    """AffectNet-8, or AffectNet-7 (contempt dropped) with --classes 7."""
+    if count not in (7, 8):
+        raise UserError(f"--classes {count}: AffectNet has 8 expressions (or 7 without contempt)")
+    return AFFECTNET8[:count]
+
+
+def convert_affectnet(csv_path: str | os.PathLike, out: str | os.PathLike,
+                      images_root: str | os.PathLike | None = None, num_classes: int = 8) -> Report:
+    """Full release training.csv / validation.csv -> index CSV with face boxes."""
+    csv_path, out = Path(csv_path), Path(out)
+    classes = _affectnet_classes(num_classes)
+    if not csv_path.is_file():
+        raise UserError(f"AffectNet CSV not found: {csv_path}")
+    needed = ("subDirectory_filePath", *BOX_COLUMNS, "expression")
+    rows, dropped = [], {}
+    with open_csv(csv_path) as reader:
+        columns = reader.fieldnames
+        missing = [c for c in needed if c not in columns]
+        if missing:
+            raise UserError(f"{csv_path}: missing AffectNet column(s) {', '.join(missing)} "
+                            f"(found: {', '.join(columns)})")
+        for row in reader:
+            try:
+                code = int((row["expression"] or "").strip())
+            except ValueError:
+                _count(dropped, "expression is not an integer")
+                continue
+            try:
+                box = [parse_int((row[c] or "").strip()) for c in BOX_COLUMNS]
+            except ValueError:
+                box = None
+            path = (row["subDirectory_filePath"] or "").strip()
+            if code in _AFFECTNET_DROPPED_CODES:
+                _count(dropped, f"expression {code} ({_AFFECTNET_DROPPED_CODES[code]}) is not an expression class")
+            elif not 0 <= code < len(AFFECTNET8):
+                _count(dropped, "expression outside 0-10")
+            elif code >= len(classes):
+                _count(dropped, f"expression {code} ({AFFECTNET8[code]}) is not in AffectNet-{len(classes)}")
+            elif box is None:
+                _count(dropped, "face box is not 4 integers")
+            elif box[2] <= 0 or box[3] <= 0:
+                _count(dropped, "non-positive face box")
+            elif not path:
+                _count(dropped, "empty image path")
+            else:
+                if images_root is not None:
+                    path = relative_to_csv(Path(images_root) / path, out)
+                rows.append((path, code, *box))
+    return [_write(out, rows, ("path", "label", *BOX_COLUMNS), classes, dropped, csv_path)]
+
+
+def _npy_label(file: Path) -> int:
+    """The label stored in a cropped-release <n>_exp.npy: a 0-d array of a string ('3') or an integer."""
+    value = np.load(file, allow_pickle=False)
+    if value.size != 1:
+        raise ValueError(f"{value.size} values")
+    value = value.reshape(()).item()
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError(value)
+    return int(str(value).strip()) if isinstance(value, str) else int(value)
+
+
+def convert_affectnet_npy(split_dir: str | os.PathLike, out: str | os.PathLike, num_classes: int = 8) -> Report:
+    """Cropped release <split>/images/<n>.jpg + <split>/annotations/<n>_exp.npy -> index CSV."""
+    split_dir, out = Path(split_dir), Path(out)
+    classes = _affectnet_classes(num_classes)
+    images_dir, annotations_dir = split_dir / "images", split_dir / "annotations"
+    for folder in (images_dir, annotations_dir):
+        if not folder.is_dir():
+            raise UserError(f"not a cropped AffectNet split (missing folder): {folder}")
+    # Numeric stems sort as numbers so the index follows the release's own numbering.
+    key = lambda p: (0, int(p.stem), "") if p.stem.isdigit() else (1, 0, p.stem)
+    images = sorted((p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS), key=key)
+    rows, dropped, matched = [], {}, set()
+    for image in images:
+        annotation = annotations_dir / f"{image.stem}_exp.npy"
+        try:
+            label = _npy_label(annotation)
+        except FileNotFoundError:
+            _count(dropped, "image without <n>_exp.npy annotation")
+            continue
+        except (OSError, ValueError, TypeError, EOFError) as err:
+            matched.add(annotation.name)
+            _count(dropped, f"unreadable annotation ({type(err).__name__})")
+            continue
+        matched.add(annotation.name)
+        if 0 <= label < len(classes):
+            rows.append((relative_to_csv(image, out), label))
+        elif label == 7:
+            _count(dropped, f"annotation 7 (contempt) is not in AffectNet-{len(classes)}")
+        else:
+            _count(dropped, "annotation outside 0-7")
+    orphans = sum(1 for p in annotations_dir.glob("*_exp.npy") if p.name not in matched)
+    if orphans:
+        dropped["annotation without an image (not a row)"] = orphans
+    return [_write(out, rows, ("path", "label"), classes, dropped, split_dir)]
+
+
+def convert_folder(root: str | os.PathLike, out: str | os.PathLike) -> Report:
+    """One folder per class, named by AffectNet-8 index (0-7) or by class name (any case, common variants)."""
+    root, out = Path(root), Path(out)
+    if not root.is_dir():
+        raise UserError(f"class folder root not found: {root}")
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise UserError(f"{root}: no class folders (expected one folder per class, named 0-7 or by class name)")
+    def class_of(folder: Path) -> str | None:
+        key = folder.name.strip().lower()
+        return AFFECTNET8[int(key)] if key.isdigit() and int(key) < len(AFFECTNET8) else CLASS_ALIASES.get(key)
+
+    unknown = [p.name for p in folders if class_of(p) is None]
+    if unknown:
+        raise UserError(f"{root}: unknown class folder name(s) {', '.join(unknown)}; found "
+                        f"{', '.join(p.name for p in folders)}; expected 0-7 or names like {', '.join(AFFECTNET8)}")
+    names = {}
+    for folder in folders:
+        name = class_of(folder)
+        if name in names.values():
+            other = next(f.name for f, n in names.items() if n == name)
+            raise UserError(f"{root}: folders {other!r} and {folder.name!r} are both class {name}")
+        names[folder] = name
+    # Numbered folders are AffectNet-8 indices, so all eight classes stay; named ones keep the classes present,
+    # in AffectNet's order.
+    numbered = all(f.name.strip().isdigit() for f in folders)
+    classes = AFFECTNET8 if numbered else tuple(c for c in AFFECTNET8 if c in names.values())
+    rows, dropped = [], {}
+    for folder, name in names.items():
+        print(f"  folder {folder.name!r} -> {classes.index(name)} {name}")
+        for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+            if file.suffix.lower() in IMAGE_EXTENSIONS:
+                rows.append((relative_to_csv(file, out), classes.index(name)))
+            else:
+                _count(dropped, "not an image file extension")
+    return [_write(out, rows, ("path", "label"), classes, dropped, root)]
+
+
+def convert_rafdb(root: str | os.PathLike, split: str, out: str | os.PathLike, original: bool = False) -> Report:
+    """RAF-DB basic: EmoLabel/list_patition_label.txt (`train_00001.jpg 5`, labels 1-7) + the aligned images
+    Image/aligned/<name>_aligned.jpg (or Image/original/<name> with original=True) -> index CSV."""
+    root, out = Path(root), Path(out)
+    if split not in ("train", "test"):
+        raise UserError(f"--split {split}: RAF-DB basic has the splits train and test")
+    labels_file = root / "EmoLabel" / "list_patition_label.txt"  # sic: the release's spelling
+    images_dir = root / "Image" / ("original" if original else "aligned")
+    for needed in (labels_file, images_dir):
+        if not needed.exists():
+            raise UserError(f"not a RAF-DB basic folder (missing {needed})")
+    rows, dropped = [], {}
+    for line_no, line in enumerate(labels_file.read_text(encoding="utf-8-sig").splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2 or not parts[1].isdigit():
+            _count(dropped, "line is not '<image> <label>'")
+            continue
+        name, label = parts[0], int(parts[1])
+        if not name.startswith(f"{split}_"):
+            continue  # the other split: not a drop
+        if not 1 <= label <= len(RAFDB_LABELS):
+            _count(dropped, "label outside 1-7")
+            continue
+        stem, suffix = os.path.splitext(name)
+        image = images_dir / (name if original else f"{stem}_aligned{suffix}")
+        if not image.is_file():
+            _count(dropped, f"image missing from {images_dir.name}/")
+            continue
+        rows.append((relative_to_csv(image, out), BASIC7.index(RAFDB_LABELS[label - 1])))
+    return [_write(out, rows, ("path", "label"), BASIC7, dropped, labels_file)]
+
+
+def _fer_image(pixels: str) -> Image.Image | None:
+    """A 48 x 48 grey face from FER2013's space-separated pixel string; None when it is not 2,304 values 0-255."""
+    values = pixels.split()
+    if len(values) != 48 * 48 or not all(v.isdigit() for v in values):
+        return None
+    array = np.array(values, dtype=np.int64)
+    if array.max(initial=0) > 255:
+        return None
+    return Image.fromarray(array.astype(np.uint8).reshape(48, 48), mode="L")
+
+
+def _save_png(image: Image.Image, path: Path) -> None:
+    """Write a PNG atomically; without fsync: tens of thousands of small files, and a rerun rewrites them all."""
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    with atomic_write(path, "wb", durable=False) as f:
+        f.write(buffer.getvalue())
+
+
+def _read_fer2013(csv_path: Path) -> list[tuple[int, str, str, str]]:
+    """(CSV line, emotion, pixels, Usage) of every fer2013.csv row."""
+    if not csv_path.is_file():
+        raise UserError(f"FER2013 CSV not found: {csv_path}")
+    with open_csv(csv_path) as reader:
+        missing = [c for c in ("emotion", "pixels", "Usage") if c not in reader.fieldnames]
+        if missing:
+            raise UserError(f"{csv_path}: missing FER2013 column(s) {', '.join(missing)} "
+                            f"(found: {', '.join(reader.fieldnames)})")
+        return [(reader.line_num, (r["emotion"] or "").strip(), r["pixels"] or "", (r["Usage"] or "").strip())
+                for r in reader]
+
+
+def _write_fer_splits(out_dir: Path, kept: dict[str, list[tuple[str, int, Image.Image]]],
+                      dropped: dict[str, dict[str, int]], classes: Sequence[str], source: Path) -> Report:
+    """PNGs under out_dir/images/<split>/ and one index CSV per split (train.csv, val.csv, test.csv)."""
+    total = sum(len(rows) for rows in kept.values())
+    progress = Progress(total, "writing PNGs")
+    report = []
+    for usage, csv_name in FER2013_SPLITS.items():
+        rows = []
+        for name, label, image in kept[usage]:
+            path = out_dir / "images" / usage / name
+            _save_png(image, path)
+            rows.append((relative_to_csv(path, out_dir / csv_name), label))
+            progress.step()
+        if rows:
+            report.append(_write(out_dir / csv_name, rows, ("path", "label"), classes, dropped[usage], source))
+    if not report:
+        raise UserError(f"{source}: no usable rows (dropped: {dropped})")
+    return report
+
+
+def convert_fer2013(csv_path: str | os.PathLike, out_dir: str | os.PathLike) -> Report:
+    """The Kaggle/ICML fer2013.csv (emotion 0-6, 48x48 grey pixel strings, Usage) -> PNGs + an index CSV per
+    split: Training -> train.csv, PublicTest -> val.csv, PrivateTest -> test.csv."""
+    csv_path, out_dir = Path(csv_path), Path(out_dir)
+    kept = {usage: [] for usage in FER2013_SPLITS}
+    dropped = {usage: {} for usage in FER2013_SPLITS}
+    unknown_usage = Counter()
+    for line, emotion, pixels, usage in _read_fer2013(csv_path):
+        if usage not in FER2013_SPLITS:
+            unknown_usage[usage] += 1
+            continue
+        if not emotion.isdigit() or int(emotion) >= len(FER2013_LABELS):
+            _count(dropped[usage], "emotion outside 0-6")
+            continue
+        image = _fer_image(pixels)
+        if image is None:
+            _count(dropped[usage], "pixels are not 2,304 values 0-255")
+            continue
+        kept[usage].append((f"{line - 1:05d}.png", BASIC7.index(FER2013_LABELS[int(emotion)]), image))
+    if unknown_usage:
+        first = ", ".join(f"{u!r} ({n})" for u, n in unknown_usage.most_common(3))
+        print(f"  skipped rows of unknown Usage: {first} (known: {', '.join(FER2013_SPLITS)})")
+    return _write_fer_splits(out_dir, kept, dropped, BASIC7, csv_path)
+
+
+def ferplus_label(votes: Sequence[int]) -> int | str:
+    """The FERPlus majority label over the 8 emotions (an index into FERPLUS_VOTES), or why the row is dropped.
+
+    The emotion with the most votes wins. Dropped: no votes; 'not a face' (NF) or 'unknown' with at least as
+    many votes as the best emotion; a tie for the most votes between two emotions (no majority to train on).
+    """
+    emotions, unknown, not_face = list(votes[:8]), votes[8], votes[9]
+    best = max(emotions)
+    if best == 0 and unknown == 0 and not_face == 0:
+        return "no votes"
+    if not_face >= best:
+        return "not a face (NF votes >= the top emotion's)"
+    if unknown >= best:
+        return "unknown-majority (unknown votes >= the top emotion's)"
+    if emotions.count(best) > 1:
+        return "tied between emotions"
+    return emotions.index(best)
+
+
+def convert_ferplus(fer2013_csv: str | os.PathLike, ferplus_csv: str | os.PathLike,
+                    out_dir: str | os.PathLike) -> Report:
+    """FER2013's pixels + FERPlus's votes (fer2013new.csv, row for row) -> 8-class PNGs by majority vote, split
+    as FER2013 (train.csv, val.csv, test.csv)."""
+    fer2013_csv, ferplus_csv, out_dir = Path(fer2013_csv), Path(ferplus_csv), Path(out_dir)
+    images = _read_fer2013(fer2013_csv)
+    if not ferplus_csv.is_file():
+        raise UserError(f"FERPlus CSV not found: {ferplus_csv}")
+    with open_csv(ferplus_csv) as reader:
+        missing = [c for c in ("Usage", "Image name", *FERPLUS_VOTES) if c not in reader.fieldnames]
+        if missing:
+            raise UserError(f"{ferplus_csv}: missing FERPlus column(s) {', '.join(missing)} "
+                            f"(found: {', '.join(reader.fieldnames)})")
+        votes_rows = [(reader.line_num, row) for row in reader]
+    if len(votes_rows) != len(images):
+        raise UserError(f"{ferplus_csv} has {len(votes_rows)} rows but {fer2013_csv} has {len(images)}; FERPlus "
+                        "labels FER2013 row for row, so both must be the complete files")
+    classes = tuple(canonical_class(name) for name in FERPLUS_VOTES[:8])
+    order = [AFFECTNET8.index(name) for name in classes]  # FERPlus vote column -> AffectNet-8 label
+    kept = {usage: [] for usage in FER2013_SPLITS}
+    dropped = {usage: {} for usage in FER2013_SPLITS}
+    for (line, _, pixels, usage), (vote_line, row) in zip(images, votes_rows):
+        plus_usage = (row["Usage"] or "").strip()
+        if plus_usage != usage:
+            raise UserError(f"{ferplus_csv} line {vote_line}: Usage {plus_usage!r} but {fer2013_csv} line {line} "
+                            f"says {usage!r}; the two files are not aligned")
+        if usage not in FER2013_SPLITS:
+            continue
+        name = (row["Image name"] or "").strip()
+        if not name:
+            _count(dropped[usage], "no image name (removed by FERPlus)")
+            continue
+        try:
+            votes = [int((row[c] or "0").strip()) for c in FERPLUS_VOTES]
+        except ValueError:
+            _count(dropped[usage], "vote counts are not integers")
+            continue
+        label = ferplus_label(votes)
+        if isinstance(label, str):
+            _count(dropped[usage], label)
+            continue
+        image = _fer_image(pixels)
+        if image is None:
+            _count(dropped[usage], "pixels are not 2,304 values 0-255")
+            continue
+        kept[usage].append((name, order[label], image))
+    return _write_fer_splits(out_dir, kept, dropped, AFFECTNET8, ferplus_csv)
+
+
+# --- The CLI table: one entry per layout (data.py turns each into a sub-command) ---
+
+def _flag(*names: str, **options: object) -> tuple[tuple[str, ...], dict]:
+    return names, options
+
+
+_OUT_CSV = _flag("--out", required=True, help="index CSV to write (classes.txt goes beside it)")
+_OUT_DIR = _flag("--out", required=True, help="folder for the images, train.csv, val.csv, test.csv, classes.txt")
+_CLASSES = _flag("--classes", type=int, choices=(7, 8), default=8,
+                 help="8 = AffectNet-8; 7 = AffectNet-7 (contempt dropped)")
+# sub-command -> (help, its flags, the call on the parsed arguments)
+LAYOUTS = {
+    "affectnet": ("AffectNet full release training.csv / validation.csv -> index CSV with face boxes", [
+        _flag("--csv", required=True, help="AffectNet training.csv or validation.csv"),
+        _flag("--images-root", help="folder holding subDirectory_filePath (default: paths kept as in the CSV)"),
+        _OUT_CSV, _CLASSES], lambda a: convert_affectnet(a.csv, a.out, a.images_root, a.classes)),
+    "affectnet-npy": ("AffectNet cropped release <split>/images + <split>/annotations -> index CSV", [
+        _flag("--split-dir", required=True, help="e.g. train_set or val_set"), _OUT_CSV, _CLASSES],
+        lambda a: convert_affectnet_npy(a.split_dir, a.out, a.classes)),
+    "folder": ("one folder per class (AffectNet-8 index 0-7 or class name) -> index CSV", [
+        _flag("--root", required=True, help="folder holding the class folders"), _OUT_CSV],
+        lambda a: convert_folder(a.root, a.out)),
+    "rafdb": ("RAF-DB basic (EmoLabel/list_patition_label.txt + Image/aligned) -> index CSV, 7 classes", [
+        _flag("--root", required=True, help="the RAF-DB basic folder (holding EmoLabel/ and Image/)"),
+        _flag("--split", required=True, choices=("train", "test")),
+        _flag("--original", action="store_true", help="Image/original/<name> instead of the aligned crops"),
+        _OUT_CSV], lambda a: convert_rafdb(a.root, a.split, a.out, a.original)),
+    "fer2013": ("FER2013 fer2013.csv -> PNGs + train/val/test index CSVs, 7 classes", [
+        _flag("--csv", required=True, help="fer2013.csv (emotion,pixels,Usage)"), _OUT_DIR],
+        lambda a: convert_fer2013(a.csv, a.out)),
+    "ferplus": ("FERPlus votes + FER2013 pixels -> PNGs + train/val/test index CSVs, 8 classes by majority", [
+        _flag("--fer2013", required=True, help="fer2013.csv (the pixels)"),
+        _flag("--ferplus", required=True, help="fer2013new.csv (FERPlus's votes, row for row)"), _OUT_DIR],
+        lambda a: convert_ferplus(a.fer2013, a.ferplus, a.out)),
+}
+
+
+def report(results: Report) -> None:
+    """Print how many rows each index CSV kept and dropped, with the reason for each drop."""
+    for out, kept, dropped in results:
+        print(f"wrote {out}: kept {kept}, dropped {sum(dropped.values())}")
+        for reason, n in sorted(dropped.items(), key=lambda item: -item[1]):
+            print(f"  dropped {n}: {reason}")
+    print("next: " + "; ".join(f"python data.py check --csv {out}" for out, _, _ in results))
