@@ -130,7 +130,18 @@ def targets_from_args(args: argparse.Namespace) -> list[dict]:
                         "img_size": args.img_size or models.arch_img_size(arch),
                         "accuracy": found.get("accuracy"), "macro_f1": found.get("macro_f1")})
         del checkpoint
+        if args.onnx:
+            check_onnx_matches(args.onnx[i], targets[-1])
     return targets
+
+
+def check_onnx_matches(path: str, target: dict) -> None:
+    """A one-line UserError unless an --onnx file was exported from the target's architecture at its size."""
+    arch = onnx_model.load(path)[1]["arch"]
+    if (arch["name"], arch["blocks"], arch["img_size"]) != (target["name"], target["blocks"], target["img_size"]):
+        raise data.UserError(f"--onnx {path}: a {arch['name']} ({arch['blocks']} block(s)) at {arch['img_size']} px, "
+                             f"not the {target['name']} ({target['blocks']} block(s)) at {target['img_size']} px of "
+                             f"{target['ckpt']}")
 
 
 def build(target: dict, device: torch.device, seed: int) -> torch.nn.Module:
@@ -231,12 +242,7 @@ def onnx_forward(model: torch.nn.Module, target: dict, size: int, device: torch.
     the seconds that took."""
     start = time.perf_counter()
     if target["onnx"] is not None:
-        exported, meta = onnx_model.load(target["onnx"], device)
-        arch = meta["arch"]
-        if (arch["name"], arch["blocks"], arch["img_size"]) != (target["name"], target["blocks"], size):
-            raise data.UserError(f"--onnx {target['onnx']}: a {arch['name']} ({arch['blocks']} block(s)) at "
-                                 f"{arch['img_size']} px, not the {target['name']} ({target['blocks']} block(s)) "
-                                 f"at {size} px of {target['ckpt']}")
+        exported = onnx_model.load(target["onnx"], device)[0]
     else:
         print(f"{tag}: exporting to ONNX", flush=True)
         arch = {"name": target["name"], "blocks": target["blocks"], "num_classes": target["num_classes"]}

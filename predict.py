@@ -3,8 +3,9 @@
     python predict.py --ckpt best.pt INPUT ... [--camera N] [--detect] [--tta hflip] [--annotate] [--out DIR]
 
 Images are face crops by default, read exactly as evaluate.py reads them; with --detect, faces are found first
-(--detector: MTCNN by default, or OpenCV's Haar cascades; see detectors.py) and each is classified. Videos and the camera always detect: all faces of a
-frame run as one batch, faces are tracked frame to frame and each track's probabilities are smoothed over time.
+(--detector: MTCNN by default, or OpenCV's Haar cascades; see detectors.py) and each is classified. Videos and the
+camera always detect: all faces of a frame run as one batch, faces are tracked frame to frame and each track's
+probabilities are smoothed over time.
 Writes OUT/predictions.csv, one row per image or frame and face: file, frame, track (face id in a video), the
 face box face_x, face_y, face_w, face_h (the whole image for a crop), label (predicted class index), name (its
 class name) and prob_<class> for every class (smoothed over time for videos); with --annotate, annotated copies.

@@ -1,5 +1,6 @@
 """benchmark.py and models.make_fast: row contents, Table 7 parameter counts, checkpoint metadata, errors."""
 import csv
+import importlib.util
 import json
 import re
 import subprocess
@@ -14,6 +15,7 @@ from torch import nn
 import benchmark
 import data
 import models
+import onnx_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -210,6 +212,18 @@ def test_onnx_flags_are_checked_before_any_timing(tmp_path, thesis_ckpt):
              (["--ckpt", thesis_ckpt, thesis_ckpt, "--mode", "onnx", "--onnx", "m.onnx"],
               "--onnx: 1 file(s) for 2 --ckpt file(s)"),
              (["--model", "resnet50", "--mode", "onnx", "--onnx", "m.onnx"], "--onnx goes with --ckpt")]
+    if importlib.util.find_spec("onnxruntime") is not None:  # a file exported from another architecture
+        from onnx import TensorProto, helper
+        graph = helper.make_graph([helper.make_node("Identity", ["images"], ["logits"])], "g",
+                                  [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1])],
+                                  [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1])])
+        model = helper.make_model(graph)
+        arch = {"name": "convnext_tiny", "blocks": 1, "num_classes": 8}
+        helper.set_model_props(model, onnx_model.metadata(arch, "x", None, 32, 18))
+        other = tmp_path / "other.onnx"
+        other.write_bytes(model.SerializeToString())
+        cases.append((["--ckpt", thesis_ckpt, "--mode", "onnx", "--onnx", str(other)],
+                      f"--onnx {other}: a convnext_tiny (1 block(s)) at 32 px, not the resnet50 (1 block(s)) at 32 px"))
     for argv, message in cases:
         with pytest.raises(data.UserError, match=re.escape(message)):
             run_main(tmp_path, *argv)

@@ -95,8 +95,8 @@ def test_predict_detect_uses_the_chosen_detector(tmp_path):
     import torch
     torch.manual_seed(0)
     ckpt = tmp_path / "best.pt"
-    models.save_checkpoint(ckpt, models.build_model("resnet50", weights="none"),
-                           {"name": "resnet50", "num_classes": 8, "img_size": 32, "classes": list(data.AFFECTNET8)}, "t")
+    arch = {"name": "resnet50", "num_classes": 8, "img_size": 32, "classes": list(data.AFFECTNET8)}
+    models.save_checkpoint(ckpt, models.build_model("resnet50", weights="none"), arch, "detect_test")
     folder = tmp_path / "photos"
     folder.mkdir()
     for name, rgb in photos().items():

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 import data
+import evaluate
 import export
 import models
 import onnx_model
@@ -113,6 +114,18 @@ def test_val_csv_check_and_predict_gives_the_checkpoints_labels(demo_data, expor
         assert (got["label"], got["name"]) == (want["label"], want["name"])
         np.testing.assert_allclose([float(got[f"prob_{c}"]) for c in data.AFFECTNET8],
                                    [float(want[f"prob_{c}"]) for c in data.AFFECTNET8], atol=2e-6)
+
+
+def test_evaluate_scores_an_onnx_like_its_checkpoint(demo_data, exported64, tmp_path):
+    _, val_csv = demo_data
+    found = {}
+    for kind, path in zip(("pt", "onnx"), exported64):
+        evaluate.main(evaluate.get_args_parser().parse_args(
+            ["--ckpt", str(path), "--val-csv", str(val_csv), "--out", str(tmp_path / kind), "--workers", "0",
+             "--device", "cpu"]))
+        found[kind] = json.loads((tmp_path / kind / "metrics.json").read_text())
+    for key in ("accuracy", "macro_f1"):
+        assert found["onnx"][key] == found["pt"][key]
 
 
 def test_a_disagreeing_export_is_refused_and_not_written(exported64, tmp_path, monkeypatch):
