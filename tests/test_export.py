@@ -17,6 +17,11 @@ import models
 import onnx_model
 import predict
 
+onnx = pytest.importorskip("onnx", reason="ONNX tests need: pip install -r requirements-onnx.txt")
+for _package in ("onnxruntime", "onnxscript"):
+    pytest.importorskip(_package, reason="ONNX tests need: pip install -r requirements-onnx.txt")
+from onnx import TensorProto, helper  # noqa: E402 (only once onnx is known to be installed)
+
 ROOT = Path(__file__).resolve().parent.parent
 INSTALL = "pip install -r requirements-onnx.txt"
 # Every architecture: each backbone of the table, and the hybrid with one and two blocks. The two-block hybrid
@@ -59,7 +64,6 @@ def test_round_trip_logits_argmax_and_metadata(tmp_path, name, blocks, classes):
     assert (logits - reference).abs().max().item() <= bound
     assert torch.equal(logits.argmax(1), reference.argmax(1))
     # Other ONNX tools see the same metadata and the symbolic batch dimension.
-    import onnx
     proto = onnx.load(str(tmp_path / "model.onnx"), load_external_data=False)
     props = {p.key: p.value for p in proto.metadata_props}
     assert json.loads(props["classes"]) == classes and props["img_size"] == "32" and props["model"] == name
@@ -163,8 +167,6 @@ def test_missing_packages_and_foreign_files_give_one_line_errors(exported64, tmp
     garbage.write_bytes(b"not a protobuf at all")
     with pytest.raises(data.UserError, match=r"garbage.onnx: not a readable ONNX model"):
         models.load_model(garbage)
-    import onnx
-    from onnx import TensorProto, helper
     graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
