@@ -6,7 +6,7 @@ The model is exported with torch.onnx's exporter (torch.export based) with a dyn
 holds the classes, image size, normalisation, experiment id, architecture and metrics (see onnx_model.py).
 Before the file is written, ONNX Runtime runs it on random batches of 1, 3 and 4 images and, with --val-csv,
 on the first --limit validation images; the export fails, writing nothing, unless every check keeps
-max |logit diff| <= 1e-4 x max(1, largest |eager logit|) against eager float32 PyTorch and the same argmax
+max |logit diff| <= 1e-3 x max(1, largest |eager logit|) against eager float32 PyTorch and the same argmax
 (a flip within a near-tie of the top two logits excepted). Needs requirements-onnx.txt.
 """
 import argparse

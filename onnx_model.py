@@ -30,9 +30,12 @@ VERSION = 1
 OPSET = 18
 INSTALL_HINT = "pip install -r requirements-onnx.txt"
 # Agreement with eager float32 PyTorch: max |logit diff| <= TOLERANCE * max(1, largest |eager logit|). The
-# scaling keeps the bound relative for models with large logits (float32 rounding grows with magnitude);
-# measured differences are ~1e-6, two orders below the bound.
-TOLERANCE = 1e-4
+# scaling keeps the bound relative for models with large logits (float32 rounding grows with magnitude). ONNX
+# Runtime folds BatchNorm into the convolutions and runs other kernels, so deep BatchNorm nets differ by up to
+# ~1e-4 of their largest logit (random ResNet50s with statistics from random images came within 2.5e-4); 1e-3
+# leaves room for that and still catches a wrong export, whose logits are off by whole units, while moving
+# no probability by more than ~0.1 %.
+TOLERANCE = 1e-3
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 
 
