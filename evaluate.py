@@ -102,7 +102,7 @@ def infer_checkpoints(ckpts: Sequence[str], val_csv: str, data_root: str | None 
         if other_size != size:
             raise data.UserError(f"{path}: image size {other_size} px differs from {ckpts[0]}'s {size} px; "
                                  "ensembled checkpoints need the same image size")
-    loader = data.make_loader(data.FaceDataset(samples, img_size=size, train=False), batch_size=batch_size,
+    loader = data.make_loader(data.FaceDataset(samples, img_size=size), batch_size=batch_size,
                               workers=workers)
     plain, flipped, labels = [], [], None
     for path, model, _ in loaded:

@@ -8,11 +8,14 @@
 #
 # Every flag also reads from the environment (TRAIN_CSV, VAL_CSV, DATA_ROOT, RESULTS, EPOCHS,
 # DEVICE, WORKERS, BATCH_SIZE, IMG_SIZE, WEIGHTS). Re-running is safe: finished runs are skipped,
-# an interrupted run resumes from its last.pt, and a finished run whose settings changed is an error.
+# an interrupted run resumes from its last.pt (mid-epoch too), a finished run whose settings changed
+# is an error, and a second experiments.sh on the same results folder refuses to start.
+# AffectNet's full release (whole photos + face boxes): crop the faces once first, then train on the
+# crops, e.g. python data.py prepare --csv data/train.csv --out data/train_224 (see the README).
 set -euo pipefail
 cd "$(dirname "$0")"
 
-usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 die() { echo "experiments.sh: error: $*" >&2; exit 1; }
 
 DEMO=0
@@ -50,11 +53,6 @@ BENCH_ARGS=()
 DEMO_TRAIN_ARGS=()
 if [ "$DEMO" = 1 ]; then
   DEMO_DIR=${DEMO_DIR:-demo_data}
-  if [ ! -f "$DEMO_DIR/train.csv" ] || [ ! -f "$DEMO_DIR/val.csv" ]; then
-    echo "==> building the demo set in $DEMO_DIR"
-    # Half the default size keeps the seven runs inside ~15 minutes on a 2-core laptop CPU.
-    python data.py demo --out "$DEMO_DIR" --seed 42 --min-train-per-class 12 --val-per-class 20 --image-size 64
-  fi
   TRAIN_CSV=${TRAIN_CSV:-$DEMO_DIR/train.csv}
   VAL_CSV=${VAL_CSV:-$DEMO_DIR/val.csv}
   RESULTS=${RESULTS:-results/demo}
@@ -80,6 +78,26 @@ else
   WEIGHTS=${WEIGHTS:-imagenet}
   LR_SCALE=${LR_SCALE:-1}
   BENCH_ARGS=(--mode both)
+fi
+
+# One experiments.sh per results folder: two would train the same runs into the same files. flock(1) holds the
+# lock on fd 9 until this script and the runs it started end (the kernel drops it if they are killed).
+mkdir -p "$RESULTS" || die "cannot create the results folder $RESULTS"
+LOCK="$RESULTS/.experiments.lock"
+if command -v flock > /dev/null; then
+  exec 9>> "$LOCK" || die "cannot write $LOCK"
+  if ! flock -n 9; then
+    die "another experiments.sh is running on $RESULTS ($(cat "$LOCK" 2> /dev/null || echo 'pid unknown')); wait for it to end, or pass --results DIR"
+  fi
+  echo "pid $$ on $(hostname), started $(date '+%Y-%m-%d %H:%M:%S')" > "$LOCK"
+else
+  echo "experiments.sh: note: flock(1) not found, so a second experiments.sh on $RESULTS is not refused" >&2
+fi
+
+if [ "$DEMO" = 1 ] && { [ ! -f "$DEMO_DIR/train.csv" ] || [ ! -f "$DEMO_DIR/val.csv" ]; }; then
+  echo "==> building the demo set in $DEMO_DIR"
+  # Half the default size keeps the seven runs inside ~15 minutes on a 2-core laptop CPU.
+  python data.py demo --out "$DEMO_DIR" --seed 42 --min-train-per-class 12 --val-per-class 20 --image-size 64
 fi
 [ -f "$TRAIN_CSV" ] || die "training CSV not found: $TRAIN_CSV"
 [ -f "$VAL_CSV" ] || die "validation CSV not found: $VAL_CSV"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import os
 import sys
 import time
@@ -195,7 +196,7 @@ class FaceTracker:
 # ---------------------------------------------------------------------------------------------------------------------
 
 class FaceClassifier:
-    """The checkpoint's model on batches of normalised face crops -> probabilities, eager or models.make_fast.
+    """The checkpoint's model on batches of face crops -> probabilities, eager or models.make_fast.
 
     The compiled path is built per padded batch size (FAST_BUCKETS); time spent in each bucket's first call
     (compilation, CUDA-graph capture) is kept apart in `warmup_s`, so model-only FPS measures steady state.
@@ -257,11 +258,13 @@ class FaceClassifier:
         self.warmup_s += time.perf_counter() - start
 
     def __call__(self, crops: torch.Tensor) -> np.ndarray:
-        """Probabilities [B, C] (float64 NumPy) for a CPU batch of normalised crops; adds to model_s."""
+        """Probabilities [B, C] (float64 NumPy) for a CPU batch of uint8 crops (normalised on the device), as
+        data.FaceDataset gives them; adds to model_s."""
         built = len(self.compiled)
         self._sync()
         start = time.perf_counter()
-        probs = torch.softmax(self.logits(crops.to(self.device, non_blocking=True)), dim=1).cpu().double().numpy()
+        images = data.normalize(crops.to(self.device, non_blocking=True))
+        probs = torch.softmax(self.logits(images), dim=1).cpu().double().numpy()
         elapsed = time.perf_counter() - start
         if len(self.compiled) > built:  # this call compiled a new batch size: one-off, not steady state
             self.warmup_s += elapsed
@@ -362,7 +365,7 @@ def predict_images(sources: Sequence[Source], model: torch.nn.Module, device: to
         print(f"{len(faces)} faces in {len(sources)} images ({without} without a face)", flush=True)
     probs = np.zeros((0, len(classes)))
     if samples:
-        loader = data.make_loader(data.FaceDataset(samples, img_size, train=False), args.batch_size, args.workers)
+        loader = data.make_loader(data.FaceDataset(samples, img_size), args.batch_size, args.workers)
         logits, _ = models.predict_logits(model, loader, device, amp=args.amp, hflip=args.tta == "hflip",
                                           progress="images")
         probs = torch.softmax(logits, dim=1).double().numpy()
@@ -612,7 +615,7 @@ def main(args: argparse.Namespace) -> None:
                                     hflip=args.tta == "hflip", amp=args.amp)
         classifier.warm_up(1)  # the common case, one face, is ready before the clock starts
         print(f"model path: {classifier.describe()} (ready in {classifier.warmup_s:.1f} s)", flush=True)
-        transform = data.build_transform(img_size, train=False)
+        transform = functools.partial(data.face_tensor, size=img_size)
         for src in videos:
             video_rows, stats = predict_video(src, cv2, classifier, detector, transform, classes, args, names)
             rows += video_rows

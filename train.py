@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import itertools
 import json
 import math
 import os
@@ -33,9 +34,10 @@ import shlex
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Callable, Iterator, NoReturn
+from typing import IO, Callable, Iterator, NoReturn
 
 import numpy as np
 import torch
@@ -49,6 +51,11 @@ import data
 import losses
 import metrics
 import models
+
+try:
+    import fcntl  # POSIX: the run-folder lock
+except ImportError:  # Windows
+    fcntl = None
 
 # The settings that define a run. Resuming with any of them changed would not continue the same run
 # (e.g. --epochs sets the cosine schedule's length), so --resume refuses instead of mixing recipes.
@@ -115,11 +122,21 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--experiment", default=None, help="run id (default: from model, loss, alpha and EMA)")
     g.add_argument("--out", default=None, help="output folder (default: results/<experiment>)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    g.add_argument("--checkpoint-every", type=float, default=10.0, metavar="MIN",
+                   help="also save last.pt within an epoch every MIN minutes of training, so a crash or preemption "
+                        "loses at most that much; SIGTERM / SIGINT / SIGHUP save at the current step at any "
+                        "setting (default: 10; 0 = at epoch ends only)")
     g.add_argument("--log-interval-s", type=float, default=5.0, help="seconds between progress lines (default: 5)")
-    # Test hooks: make a NaN loss at this global step (1-based) / SIGTERM ourselves at step 1 of this epoch.
+    # Test hooks: make a NaN loss at this global step (1-based) / send ourselves a signal at the start of a step.
     g.add_argument("--debug-nan-at-step", type=int, default=None, help=argparse.SUPPRESS)
-    g.add_argument("--debug-sigterm-at-epoch", type=int, default=None, help=argparse.SUPPRESS)
+    g.add_argument("--debug-signal", type=debug_signal, default=None, help=argparse.SUPPRESS)
     return p
+
+
+def debug_signal(text: str) -> tuple[int, int, int]:
+    """argparse type of the test hook: EPOCH:STEP:SIGNAL, e.g. 2:1:SIGTERM."""
+    epoch, step, name = text.split(":")
+    return int(epoch), int(step), int(getattr(signal, name))
 
 
 def probability(text: str) -> float:
@@ -163,10 +180,11 @@ def parse_alpha(text: str) -> str | list[float]:
 
 @contextlib.contextmanager
 def distributed(device_name: str) -> Iterator[tuple[torch.device, int, int]]:
-    """(device, rank, world size); joins torchrun's process group (nccl on CUDA, gloo on CPU) for its lifetime."""
+    """(device, rank, world size); under torchrun (even with one process) joins its process group (nccl on CUDA,
+    gloo on CPU) for its lifetime and the model trains under DDP."""
     device = models.resolve_device(device_name)
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
+    if "RANK" not in os.environ:  # a plain `python train.py`
         yield device, 0, 1
         return
     rank = int(os.environ["RANK"])
@@ -215,17 +233,67 @@ def default_experiment(args: argparse.Namespace) -> str:
     return "_".join(parts)
 
 
+def lock_run_folder(out: Path) -> IO | None:
+    """Hold out/.lock for this process's lifetime; another live run on the folder is an error naming it.
+
+    flock, not a pid file: the kernel drops the lock when its process dies (kill -9, crash, reboot), so a lock
+    left behind is taken over without asking. None where flock does not exist (Windows): no locking there.
+    """
+    if fcntl is None:
+        return None
+    path = out / ".lock"
+    try:
+        file = open(path, "a+", encoding="utf-8")
+    except OSError as err:
+        raise data.write_error(path, err) from None
+    try:
+        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        file.seek(0)
+        holder = file.read().strip() or "another process"
+        file.close()
+        raise data.UserError(f"{out} is in use by another training run ({holder}); wait for it to end, or pick "
+                             "another --out") from None
+    file.seek(0)
+    file.truncate()
+    file.write(f"pid {os.getpid()} on {platform.node()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    file.flush()
+    return file
+
+
+def _readable(path: Path) -> dict | None:
+    """The checkpoint at path, or None when it is absent or unreadable."""
+    try:
+        return models.load_checkpoint(path) if path.exists() else None
+    except models.CheckpointError:
+        return None
+
+
 def check_resume(out: Path, resume: bool, recipe: dict) -> dict | None:
-    """The last.pt checkpoint to continue (None for a fresh run); refuses to overwrite or to mix recipes."""
-    path = out / "last.pt"
+    """The last.pt checkpoint to continue (None for a fresh run); refuses to overwrite or to mix recipes.
+
+    A last.pt that cannot be read (truncated by a failing disk) is reported with the previous checkpoint,
+    last.prev.pt, which every save keeps, and the command that resumes from it.
+    """
+    path, previous = out / "last.pt", out / "last.prev.pt"
     if not resume:
-        if path.exists():
+        if path.exists() or previous.exists():
             raise data.UserError(f"{out} already holds a run ({path}); add --resume to continue it, "
                                  "or pick another --out")
         return None
-    if not path.exists():
-        raise data.UserError(f"--resume: {path} not found (no finished epoch to resume; drop --resume to start)")
-    checkpoint = models.load_checkpoint(path)
+    try:
+        if not path.exists():
+            raise models.CheckpointError(f"--resume: {path} not found")
+        checkpoint = models.load_checkpoint(path)
+    except models.CheckpointError as err:
+        earlier = _readable(previous)
+        if earlier is None:
+            if not path.exists():
+                raise data.UserError(f"--resume: {path} not found (no checkpoint to resume; drop --resume to "
+                                     "start)") from None
+            raise
+        raise data.UserError(f"{err}; the previous checkpoint {previous} ({position_text(earlier['train_state'])}) "
+                             f"is intact: resume from it with `mv {previous} {path}` and the same command") from None
     state = checkpoint.get("train_state")
     if not isinstance(state, dict) or "recipe" not in state:
         raise models.CheckpointError(f"{path}: no training state to resume from (a best.pt-style checkpoint?)")
@@ -311,27 +379,32 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-# --- Stopping ---
+# --- Stopping and checkpoint positions ---
 
 class NonFiniteLoss(data.UserError):
-    """The loss became NaN or infinite: the run stops, the checkpoints of the last good epoch stay."""
+    """The loss became NaN or infinite: the run stops before anything of it reaches a checkpoint."""
 
 
 class Interrupted(Exception):
-    """A SIGINT/SIGTERM arrived during an epoch; the epoch is abandoned unsaved."""
+    """A SIGINT/SIGTERM/SIGHUP arrived during an epoch: args are (where it stopped, what last.pt holds)."""
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class StopFlag:
-    """Records the first SIGINT/SIGTERM; a second one gets the default handling and ends the process at once."""
+    """Records the first SIGINT/SIGTERM/SIGHUP; a second one gets the default action and ends the process at once
+    (a checkpoint being saved then is a temp file, cleaned at the next start; the previous last.pt is intact)."""
 
     def __init__(self) -> None:
         self.signum = 0
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in STOP_SIGNALS:
             signal.signal(signum, self._handle)
 
     def _handle(self, signum: int, frame: object) -> None:
         self.signum = signum
-        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+        for other in STOP_SIGNALS:
+            signal.signal(other, signal.SIG_DFL)
 
 
 def any_rank(flag: bool, device: torch.device, world: int) -> bool:
@@ -350,45 +423,92 @@ def resume_command(world: int, resume: bool) -> str:
     return shlex.join(launcher + argv)
 
 
+@dataclass
+class EpochProgress:
+    """How far an epoch got: steps done and the running sums its history row needs. A mid-epoch last.pt
+    stores it, so a run resumed there finishes the epoch with the numbers an uninterrupted run has."""
+
+    step: int = 0
+    loss_sum: float = 0.0
+    images: int = 0
+    seconds: float = 0.0
+
+
+def position_text(state: dict) -> str:
+    """Where a last.pt stands: 'step 120 of epoch 4' (saved mid-epoch) or 'epoch 3' (at its end)."""
+    partial = state.get("partial")
+    if partial:
+        return f"step {partial['step']} of epoch {state['epoch'] + 1}"
+    return f"epoch {state['epoch']}"
+
+
+class ResumedSampler(Sampler[int]):
+    """An epoch's sampler order from position `skip` on: the rest of an epoch interrupted after `skip` images."""
+
+    def __init__(self, sampler: Sampler[int], skip: int) -> None:
+        self.sampler, self.skip = sampler, skip
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(iter(self.sampler), self.skip, None)
+
+    def __len__(self) -> int:
+        return len(self.sampler) - self.skip
+
+
 # --- Training and validation ---
 
+# How often the loop reads the GPU (loss, NaN, signals under DDP): a read waits for all queued work, so on CUDA
+# it happens every SYNC_S seconds (one process) or every DDP_SYNC_STEPS steps (the same step on every rank, so all
+# take the same decision), never per step. On a CPU nothing is queued: it reads every step.
+SYNC_S = 2.0
+DDP_SYNC_STEPS = 20
+
+
+def step_generator(seed: int, epoch: int, step: int, rank: int, device: torch.device) -> torch.Generator:
+    """The augmentation draws of one step: seeded by (seed, epoch, step, rank) only, so they do not depend on the
+    loader workers and a run resumed at a step draws what the uninterrupted run drew."""
+    seed = int(np.random.SeedSequence([seed, epoch, step, rank]).generate_state(1)[0])
+    return torch.Generator(device=device).manual_seed(seed)
+
+
 def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler, loader: DataLoader, device: torch.device,
-                    epoch: int, args: argparse.Namespace, log: Callable[[str], None], stop: StopFlag,
-                    world: int, scaler: torch.amp.GradScaler | None = None,
-                    ema: models.ModelEMA | None = None) -> dict:
-    """One pass over the loader: {"train_loss", "lr", "seconds", "images_per_s"}; raises Interrupted / NonFiniteLoss."""
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, loader: DataLoader, augment: data.BatchAugment,
+                    device: torch.device, epoch: int, steps: int, args: argparse.Namespace,
+                    log: Callable[[str], None], stop: StopFlag, rank: int, world: int,
+                    scaler: torch.amp.GradScaler | None = None, ema: models.ModelEMA | None = None,
+                    done: EpochProgress | None = None,
+                    checkpoint: Callable[[EpochProgress], None] | None = None) -> dict:
+    """The epoch's remaining steps (after `done`): {"train_loss", "lr", "seconds", "images_per_s", "data_wait"}.
+
+    checkpoint(progress) saves last.pt mid-epoch: every --checkpoint-every minutes and when a stop signal
+    arrives (then Interrupted is raised). A non-finite loss raises NonFiniteLoss before any checkpoint is written,
+    naming the first bad step.
+    """
     model.train()
-    steps = len(loader)
+    done = done or EpochProgress()
     amp_dtype = torch.bfloat16 if args.amp_dtype == "bfloat16" else torch.float16
-    memory_format = torch.channels_last if args.channels_last else torch.preserve_format
-    loss_sum, images, waited = 0.0, 0, 0.0
-    start = last_print = ready = time.perf_counter()
-    for step, (inputs, labels) in enumerate(loader, 1):
+    # Device-side running sums: adding to them queues work instead of waiting for it.
+    loss_sum = torch.tensor(done.loss_sum, dtype=torch.float64, device=device)
+    counter = torch.tensor(done.step, device=device)
+    first_bad = torch.tensor(-1, device=device)
+    bad_value = torch.tensor(0.0, device=device)
+    images, waited, lr = done.images, 0.0, optimizer.param_groups[0]["lr"]
+    start = last_sync = last_print = last_save = ready = time.perf_counter()
+    synced_step = done.step
+    for step, (inputs, labels) in enumerate(loader, done.step + 1):
         waited += time.perf_counter() - ready  # time spent blocked on the loader
-        global_step = (epoch - 1) * steps + step
-        if args.debug_sigterm_at_epoch == epoch and step == 1:
-            os.kill(os.getpid(), signal.SIGTERM)
-        inputs = inputs.to(device, non_blocking=True, memory_format=memory_format)
+        if args.debug_signal is not None and args.debug_signal[:2] == (epoch, step):
+            os.kill(os.getpid(), args.debug_signal[2])
+        generator = step_generator(args.seed, epoch, step, rank, device)
+        inputs = augment(inputs.to(device, non_blocking=True), generator)
+        if args.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
         labels = labels.to(device, non_blocking=True)
         with models.autocast(device, args.amp_on, amp_dtype):
             logits = model(inputs)
         loss = criterion(logits.float(), labels)
-        if args.debug_nan_at_step == global_step:
+        if args.debug_nan_at_step == (epoch - 1) * steps + step:
             loss = loss * float("nan")
-        # One sync per step, before backward: a NaN never reaches the weights, and under DDP one
-        # all-reduce gives every rank the global mean loss and the same stop decision.
-        status = torch.stack([loss.detach(), torch.tensor(float(stop.signum), device=device)])
-        if world > 1:
-            dist.all_reduce(status)
-        step_loss, stopping = status.tolist()
-        step_loss /= world
-        if stopping:
-            raise Interrupted(f"epoch {epoch} step {step}/{steps}")
-        if not math.isfinite(step_loss):
-            raise NonFiniteLoss(f"loss is {step_loss} at epoch {epoch} step {step}/{steps} (global step "
-                                f"{global_step}); stopped, the checkpoints of epoch {epoch - 1} are kept. "
-                                "Try a lower --lr, --clip-grad 1.0 or --amp-dtype bfloat16")
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -398,7 +518,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
         if args.clip_grad is not None:
             nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
         if scaler is not None:
-            scaler.step(optimizer)
+            scaler.step(optimizer)  # the fused AdamW takes the inf check on the device: no sync
             scaler.update()
         else:
             optimizer.step()
@@ -406,17 +526,50 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
         scheduler.step()
         if ema is not None:
             ema.update(model)
-        loss_sum += step_loss
+        loss = loss.detach()
+        counter += 1
+        newly_bad = ~torch.isfinite(loss) & (first_bad < 0)
+        first_bad = torch.where(newly_bad, counter, first_bad)
+        bad_value = torch.where(newly_bad, loss, bad_value)
+        loss_sum += loss
         images += inputs.shape[0] * world
         ready = time.perf_counter()
-        if ready - last_print >= args.log_interval_s and step < steps:
-            last_print, elapsed = ready, ready - start
-            eta = timedelta(seconds=round(elapsed / step * (steps - step)))
-            log(f"epoch {epoch}/{args.epochs} step {step}/{steps} loss {loss_sum / step:.4f} lr {lr:.3e} "
-                f"{images / elapsed:.1f} img/s data-wait {waited / elapsed:.0%} eta {eta}")
+
+        if device.type == "cuda" and step < steps and not (stop.signum and world == 1):
+            if world == 1 and ready - last_sync < SYNC_S or world > 1 and step % DDP_SYNC_STEPS:
+                continue
+        # A sync point: one read of the device sums (under DDP one all-reduce, so every rank decides alike).
+        save_due = args.checkpoint_every > 0 and ready - last_save >= 60 * args.checkpoint_every
+        status = torch.stack([loss_sum, (first_bad >= 0).double(), torch.tensor(float(stop.signum), device=device,
+                                                                                 dtype=torch.float64),
+                              torch.tensor(float(save_due and rank == 0), device=device, dtype=torch.float64)])
+        if world > 1:
+            dist.all_reduce(status)
+        total_loss, bad, stopping, save_due = status.tolist()
+        last_sync = time.perf_counter()
+        if bad:
+            where = (f"at epoch {epoch} step {int(first_bad)}/{steps} (loss {bad_value.item()})" if first_bad >= 0
+                     else f"in epoch {epoch} between steps {synced_step + 1} and {step} (on another process)")
+            raise NonFiniteLoss(f"the loss became non-finite {where}; stopped before it reached a checkpoint. "
+                                "Try a lower --lr, --clip-grad 1.0 or --amp-dtype bfloat16")
+        synced_step = step
+        progress = EpochProgress(step, total_loss / world, images, done.seconds + last_sync - start)
+        if stopping and step < steps:
+            if checkpoint is None:
+                raise Interrupted(f"epoch {epoch} step {step}/{steps}", f"epoch {epoch - 1} (this one is lost)")
+            checkpoint(progress)
+            raise Interrupted(f"epoch {epoch} step {step}/{steps}", f"step {step} of epoch {epoch}")
+        if save_due and step < steps and checkpoint is not None:
+            checkpoint(progress)
+            last_save = time.perf_counter()
+        if last_sync - last_print >= args.log_interval_s and step < steps:
+            last_print, elapsed = last_sync, last_sync - start
+            eta = timedelta(seconds=round(elapsed / (step - done.step) * (steps - step)))
+            log(f"epoch {epoch}/{args.epochs} step {step}/{steps} loss {progress.loss_sum / step:.4f} lr {lr:.3e} "
+                f"{(images - done.images) / elapsed:.1f} img/s data-wait {waited / elapsed:.0%} eta {eta}")
     seconds = time.perf_counter() - start
-    return {"train_loss": loss_sum / steps, "lr": lr, "seconds": seconds, "images_per_s": images / seconds,
-            "data_wait": waited / seconds}
+    return {"train_loss": progress.loss_sum / steps, "lr": lr, "seconds": done.seconds + seconds,
+            "images_per_s": (images - done.images) / seconds, "data_wait": waited / seconds}
 
 
 def evaluate(model: nn.Module, criterion: nn.Module, loader: DataLoader, device: torch.device, amp: bool,
@@ -450,17 +603,23 @@ def make_log(path: Path | None) -> Callable[..., None]:
 
     log(line, echo=False) writes the file only (for errors, which also go to stderr). No path: a no-op,
     so only rank 0 speaks. The log is appended line by line, not written atomically: a crash costs
-    at most the line being written.
+    at most the line being written; a failed write (disk full) is a data.WriteError.
     """
     if path is None:
         return lambda line, echo=True: None
-    file = open(path, "a", encoding="utf-8")
+    try:
+        file = open(path, "a", encoding="utf-8")
+    except OSError as err:
+        raise data.write_error(path, err) from None
 
     def log(line: str, echo: bool = True) -> None:
         if echo:
             print(line, flush=True)
-        file.write(line + "\n")
-        file.flush()
+        try:
+            file.write(line + "\n")
+            file.flush()
+        except OSError as err:
+            raise data.write_error(path, err) from None
     return log
 
 
@@ -490,7 +649,7 @@ def write_history(path: Path, rows: list[dict]) -> None:
 
 def main(args: argparse.Namespace) -> None:
     """Run (or resume) one training run."""
-    with distributed(args.device) as (device, rank, world):
+    with distributed(args.device) as (device, rank, world), contextlib.ExitStack() as cleanup:
         args.amp_on = args.amp and device.type == "cuda"
         # Inputs first: a missing file stops the run in seconds, before any model is built.
         classes = read_classes(args)
@@ -505,11 +664,17 @@ def main(args: argparse.Namespace) -> None:
         out = Path(args.out or Path("results") / args.experiment)
         recipe = {key: getattr(args, key) for key in RECIPE_KEYS} | {
             "alpha": alpha, "train_images": len(train_samples), "classes": list(classes)}
-        checkpoint = check_resume(out, args.resume, recipe)
         if rank == 0:
-            out.mkdir(parents=True, exist_ok=True)
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise data.write_error(out, err) from None
+            lock = lock_run_folder(out)
+            if lock is not None:
+                cleanup.callback(lock.close)  # released on every way out of main, errors included
             for stale in out.glob(".*.tmp"):  # half-written files of a run killed (-9) mid-write
                 stale.unlink()
+        checkpoint = check_resume(out, args.resume, recipe)
         log = make_log(out / "train.log" if rank == 0 else None)
         state = checkpoint["train_state"] if checkpoint is not None else None
         if state is not None and state["finished"]:
@@ -527,11 +692,13 @@ def main(args: argparse.Namespace) -> None:
         ema = models.ModelEMA(model, decay=args.ema_decay) if args.ema else None
         criterion = (nn.CrossEntropyLoss() if args.loss == "ce" else losses.FocalLoss(args.gamma, alpha)).to(device)
         # fused: one kernel for the whole update instead of a handful per parameter tensor (on a 2-core
-        # CPU the unfused update of ConvNeXt-Tiny takes ~110 ms a step, the fused one ~30 ms).
+        # CPU the unfused update of ConvNeXt-Tiny takes ~110 ms a step, the fused one ~30 ms), and with a
+        # GradScaler it checks for inf gradients on the device instead of waiting for a read.
         optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
                                       fused=device.type in ("cuda", "cpu"))
 
-        train_set = data.FaceDataset(train_samples, args.img_size, train=True, augment=augment_from(args))
+        train_set = data.FaceDataset(train_samples, args.img_size)
+        augment = data.BatchAugment(augment_from(args))
         if args.sampler == "balanced":
             sampler = BalancedSampler([s.label for s in train_samples], args.seed, rank, world)
         else:
@@ -544,12 +711,13 @@ def main(args: argparse.Namespace) -> None:
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, warmup_cosine(args.epochs * steps, round(args.warmup_epochs * steps)))
         scaler = torch.amp.GradScaler("cuda") if args.amp_on and args.amp_dtype == "float16" else None
-        val_set = data.FaceDataset(val_samples, args.img_size, train=False)
+        val_set = data.FaceDataset(val_samples, args.img_size)
         # DDP validation shards: rank r predicts images r, r + world, ... (no padding, no duplicates).
         val_shard = Subset(val_set, range(rank, len(val_set), world)) if world > 1 else val_set
         val_loader = data.make_loader(val_shard, batch, args.workers, seed=args.seed)
 
-        start_epoch, best, bad_epochs, history = 1, None, 0, []
+        run = {"epoch": 0, "best": None, "bad_epochs": 0, "history": [], "finished": False, "stop_reason": None}
+        partial = None
         if state is not None:
             model.load_state_dict(checkpoint["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -558,44 +726,60 @@ def main(args: argparse.Namespace) -> None:
                 scaler.load_state_dict(state["scaler"])
             if ema is not None:
                 ema.load_state_dict(state["ema"])
-            start_epoch, best, bad_epochs, history = state["epoch"] + 1, state["best"], state["bad_epochs"], \
-                state["history"]
+            run |= {key: state[key] for key in ("epoch", "best", "bad_epochs", "history")}
+            partial = EpochProgress(**state["partial"]) if state.get("partial") else None
             set_rng_state(state["rng"])
-        train_model = DistributedDataParallel(model) if world > 1 else model
+        train_model = DistributedDataParallel(model) if dist.is_initialized() else model
         if args.compile:
             train_model = torch.compile(train_model)
 
         arch = {"name": args.model, "blocks": args.blocks, "num_classes": len(classes), "img_size": args.img_size,
                 "classes": list(classes), "class_counts": counts}
         params = models.count_params(model)
+
+        def save_last(progress: EpochProgress | None, val: dict | None = None) -> None:
+            """last.pt: the whole training state after run["epoch"] epochs (+ progress into the next one)."""
+            if rank != 0:
+                return
+            models.save_checkpoint(
+                out / "last.pt", model, arch, args.experiment, metrics=val and val | {"epoch": run["epoch"]},
+                keep_previous=out / "last.prev.pt", train_state={
+                    **run, "partial": None if progress is None else vars(progress),
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict() if scaler is not None else None,
+                    "ema": ema.state_dict() if ema is not None else None, "rng": rng_state(), "recipe": recipe})
+
         if rank == 0:
             write_json(out / "config.json", {
                 "args": vars(args) | {"out": str(out)}, "alpha": alpha, "experiment": args.experiment,
                 "argv": sys.argv, "torch": torch.__version__, "torchvision": torchvision.__version__,
                 "python": platform.python_version(), "device": str(device),
-                "device_name": models.device_name(device), "world_size": world, "batch_per_process": batch,
-                "steps_per_epoch": steps, "params": params,
-                "resumed_after_epoch": start_epoch - 1})
-            if history:  # drop a row written after the last checkpoint (crash between the two writes)
-                write_history(out / "history.csv", history)
+                "device_name": models.device_name(device), "world_size": world,
+                "backend": dist.get_backend() if dist.is_initialized() else None, "batch_per_process": batch,
+                "steps_per_epoch": steps, "params": params, "resumed_at": state and position_text(state)})
+            if run["history"]:  # drop a row written after the last checkpoint (crash between the two writes)
+                write_history(out / "history.csv", run["history"])
+        start_epoch = run["epoch"] + 1
         log(f"{'resuming' if state else 'starting'} {args.experiment}: {args.model} ({params / 1e6:.3f} M params) "
             f"on {device} x {world}, {len(train_samples)} train / {len(val_samples)} val images, {steps} steps "
-            f"of {args.batch_size} ({batch} per process) per epoch, epochs {start_epoch}..{args.epochs}, "
-            f"out {out}")
+            f"of {args.batch_size} ({batch} per process) per epoch, epochs {start_epoch}..{args.epochs}"
+            + (f" from step {partial.step + 1}" if partial else "") + f", out {out}")
 
         stop = StopFlag()
         for epoch in range(start_epoch, args.epochs + 1):
             epoch_start = time.perf_counter()
             sampler.set_epoch(epoch)
-            # A fresh loader per epoch, seeded by (seed, epoch, rank): its workers' augmentation streams
-            # then do not depend on earlier epochs, which is what makes --resume exact.
-            loader = data.make_loader(train_set, batch, args.workers, sampler=sampler,
+            done, partial = partial, None
+            epoch_sampler = ResumedSampler(sampler, done.step * batch) if done else sampler
+            # A fresh loader per epoch from a (seed, epoch, rank) generator: what it yields depends on nothing else.
+            loader = data.make_loader(train_set, batch, args.workers, sampler=epoch_sampler,
                                       seed=epoch_seed(args.seed, epoch, rank), drop_last=True)
             try:
-                train = train_one_epoch(train_model, criterion, optimizer, scheduler, loader, device, epoch, args,
-                                        log, stop, world, scaler=scaler, ema=ema)
+                train = train_one_epoch(train_model, criterion, optimizer, scheduler, loader, augment, device, epoch,
+                                        steps, args, log, stop, rank, world, scaler=scaler, ema=ema, done=done,
+                                        checkpoint=save_last)
             except Interrupted as where:
-                interrupted(log, out, epoch - 1, f"during {where}", stop.signum, world)
+                interrupted(log, out, f"during {where.args[0]}", where.args[1], stop.signum, world)
             except NonFiniteLoss as err:
                 log(f"error: {err}", echo=False)
                 raise
@@ -603,40 +787,37 @@ def main(args: argparse.Namespace) -> None:
             eval_model = ema.module if ema is not None else model
             val, val_loss, logits = evaluate(eval_model, criterion, val_loader, device, args.amp_on, world,
                                              len(val_set), classes)
+            best = run["best"]
             improved = best is None or (val["macro_f1"], val["accuracy"]) > (best["macro_f1"], best["accuracy"])
             if improved:
-                best = val | {"epoch": epoch, "val_loss": val_loss}
-            bad_epochs = 0 if improved else bad_epochs + 1
-            early = bad_epochs >= args.patience
-            stop_reason = "early stopping" if early else "max epochs" if epoch == args.epochs else None
-            history.append({"epoch": epoch, "lr": train["lr"], "train_loss": train["train_loss"],
-                            "val_loss": val_loss, "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
-                            **{f"f1_{name}": val["per_class"][name]["f1"] for name in classes},
-                            "seconds": time.perf_counter() - epoch_start, "images_per_s": train["images_per_s"]})
+                run["best"] = best = val | {"epoch": epoch, "val_loss": val_loss}
+            run["bad_epochs"] = 0 if improved else run["bad_epochs"] + 1
+            early = run["bad_epochs"] >= args.patience
+            run["stop_reason"] = "early stopping" if early else "max epochs" if epoch == args.epochs else None
+            run["finished"], run["epoch"] = run["stop_reason"] is not None, epoch
+            run["history"].append({
+                "epoch": epoch, "lr": train["lr"], "train_loss": train["train_loss"], "val_loss": val_loss,
+                "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
+                **{f"f1_{name}": val["per_class"][name]["f1"] for name in classes},
+                "seconds": (done.seconds if done else 0.0) + time.perf_counter() - epoch_start,
+                "images_per_s": train["images_per_s"]})
             if rank == 0:
                 if improved:  # best.pt before last.pt: a crash between the two leaves a resumable pair
                     models.save_checkpoint(out / "best.pt", eval_model, arch, args.experiment,
                                            metrics=val | {"epoch": epoch})
                     write_predictions(out, val, val_samples, logits, f"{args.experiment}, epoch {epoch}", classes)
-                write_history(out / "history.csv", history)
-                models.save_checkpoint(out / "last.pt", model, arch, args.experiment, metrics=val | {"epoch": epoch},
-                                       train_state={
-                                           "epoch": epoch, "finished": stop_reason is not None,
-                                           "stop_reason": stop_reason, "best": best, "bad_epochs": bad_epochs,
-                                           "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                           "scaler": scaler.state_dict() if scaler is not None else None,
-                                           "ema": ema.state_dict() if ema is not None else None,
-                                           "rng": rng_state(), "history": history, "recipe": recipe})
+                write_history(out / "history.csv", run["history"])
+                save_last(None, val)
                 write_json(out / "summary.json", {
                     "experiment": args.experiment, "model": args.model, "blocks": args.blocks,
                     "best_epoch": best["epoch"], "accuracy": best["accuracy"], "macro_f1": best["macro_f1"],
                     "val_loss": best["val_loss"], "per_class": best["per_class"], "params": params,
-                    "epochs_run": epoch, "finished": stop_reason is not None, "stop_reason": stop_reason,
-                    "wall_time_s": sum(row["seconds"] for row in history), "device": str(device),
+                    "epochs_run": epoch, "finished": run["finished"], "stop_reason": run["stop_reason"],
+                    "wall_time_s": sum(row["seconds"] for row in run["history"]), "device": str(device),
                     "world_size": world, "settings": recipe | {"amp": args.amp_on, "amp_dtype": args.amp_dtype,
                                                                "ema_weights_evaluated": args.ema}})
             verdict = "best" if improved else f"best {best['macro_f1']:.4f} at epoch {best['epoch']}"
-            log(f"epoch {epoch}/{args.epochs} done in {history[-1]['seconds']:.1f} s: train loss "
+            log(f"epoch {epoch}/{args.epochs} done in {run['history'][-1]['seconds']:.1f} s: train loss "
                 f"{train['train_loss']:.4f}, val loss {val_loss:.4f}, accuracy {val['accuracy']:.4f}, macro-F1 "
                 f"{val['macro_f1']:.4f} ({verdict}), {train['images_per_s']:.1f} img/s, "
                 f"data-wait {train['data_wait']:.0%}")
@@ -644,20 +825,17 @@ def main(args: argparse.Namespace) -> None:
                 log(f"early stopping: no better macro-F1 in the {args.patience} epoch(s) after epoch {best['epoch']}")
                 break
             if any_rank(stop.signum != 0, device, world):  # the signal came during validation: epoch is saved
-                interrupted(log, out, epoch, f"after epoch {epoch}", stop.signum, world)
+                interrupted(log, out, f"after epoch {epoch}", f"epoch {epoch}", stop.signum, world)
+        best = run["best"]
         log(f"done: best epoch {best['epoch']}, accuracy {best['accuracy']:.4f}, macro-F1 {best['macro_f1']:.4f}; "
             f"outputs in {out}")
 
 
-def interrupted(log: Callable[[str], None], out: Path, kept_epoch: int, where: str, signum: int,
-                world: int) -> NoReturn:
-    """Say what was kept and how to go on, then exit 128 + signal (130 for SIGINT, 143 for SIGTERM)."""
+def interrupted(log: Callable[[str], None], out: Path, where: str, kept: str, signum: int, world: int) -> NoReturn:
+    """Say what was kept and how to go on, then exit 128 + signal (130 SIGINT, 143 SIGTERM, 129 SIGHUP)."""
     signum = signum or signal.SIGTERM  # a DDP rank that only heard of the signal through the all-reduce
-    if kept_epoch:
-        kept = f"{out / 'last.pt'} holds epoch {kept_epoch}. Resume with: {resume_command(world, True)}"
-    else:
-        kept = f"no epoch had finished, nothing was saved. Start again with: {resume_command(world, False)}"
-    log(f"stopped by {signal.Signals(signum).name} {where}; {kept}")
+    log(f"stopped by {signal.Signals(signum).name} {where}; {out / 'last.pt'} holds {kept}. "
+        f"Resume with: {resume_command(world, True)}")
     raise SystemExit(128 + signum)
 
 
@@ -665,5 +843,8 @@ if __name__ == "__main__":
     args = get_args_parser().parse_args()
     try:
         main(args)
+    except data.WriteError as err:
+        sys.exit(f"error: {err}. Fix that (free space, lift a file-size limit, fix permissions), then resume with: "
+                 f"{resume_command(int(os.environ.get('WORLD_SIZE', '1')), True)}")
     except data.UserError as err:
         sys.exit(f"error: {err}")

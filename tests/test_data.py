@@ -328,30 +328,63 @@ def test_folder_converter_maps_names_not_sort_order(tmp_path, capsys):
 
 # --- decoding, transforms, loader ------------------------------------------------------------------------------------
 
-def test_val_transform_is_resize_totensor_normalise_and_deterministic(demo_data):
+def test_loader_images_are_uint8_crops_and_normalize_is_imagenets(demo_data):
     samples = data.read_index(demo_data[1])
-    dataset = data.FaceDataset(samples, img_size=48, train=False)
+    dataset = data.FaceDataset(samples, img_size=48)
     image, label = dataset[5]
-    assert image.shape == (3, 48, 48) and image.dtype == torch.float32 and label == samples[5].label
-    assert torch.equal(image, dataset[5][0])
+    assert image.shape == (3, 48, 48) and image.dtype == torch.uint8 and label == samples[5].label
+    assert torch.equal(image, dataset[5][0])  # workers draw nothing random
     with Image.open(samples[5].file) as im:
-        expected = np.asarray(im.convert("RGB").resize((48, 48), Image.Resampling.BILINEAR), dtype=np.float32) / 255
-    expected = (expected - np.array(data.IMAGENET_MEAN)) / np.array(data.IMAGENET_STD)
-    assert np.abs(image.permute(1, 2, 0).numpy() - expected).max() < 0.05
+        expected = np.asarray(im.convert("RGB").resize((48, 48), Image.Resampling.BILINEAR))
+    assert np.abs(image.permute(1, 2, 0).numpy().astype(int) - expected).max() <= 1
+    normalized = data.normalize(image[None])[0].permute(1, 2, 0).numpy()
+    want = (expected / 255 - np.array(data.IMAGENET_MEAN)) / np.array(data.IMAGENET_STD)
+    assert np.abs(normalized - want).max() < 0.03  # the <= 1 grey level above, in normalised units
 
 
-def test_train_transform_flips_and_jitters(demo_data):
-    sample = data.read_index(demo_data[0])[0]
-    val = data.FaceDataset([sample], img_size=32, train=False)[0][0]
-    train = data.FaceDataset([sample], img_size=32, train=True)
-    torch.manual_seed(0)
-    draws = [train[0][0] for _ in range(12)]
-    assert all(d.shape == (3, 32, 32) for d in draws)
-    assert not any(torch.equal(d, val) for d in draws)  # jitter always perturbs
-    closer_to_flip = [(d - val.flip(-1)).abs().mean() < (d - val).abs().mean() for d in draws]
-    assert 0 < sum(closer_to_flip) < 12  # some mirrored, some not
-    torch.manual_seed(0)
-    assert torch.equal(train[0][0], draws[0])  # reproducible from the seed
+def random_batch(n: int, size: int = 24, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def test_batch_jitter_equals_torchvision_per_image():
+    from torchvision.transforms.v2 import functional as F
+
+    augment = data.BatchAugment(data.Augment(hflip=0.5, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1))
+    images = random_batch(12)
+    images[0] = 128  # a grey image: no hue, no saturation, no contrast
+    params = augment.draw(12, torch.Generator().manual_seed(3))
+    ours = augment.apply(images, params)
+    for i in range(12):
+        x = images[i].float() / 255
+        if params.flip[i]:
+            x = F.horizontal_flip(x)
+        x = F.adjust_brightness(x, float(params.brightness[i]))
+        x = F.adjust_contrast(x, float(params.contrast[i]))
+        x = F.adjust_saturation(x, float(params.saturation[i]))
+        x = F.adjust_hue(x, float(params.hue[i]))
+        torch.testing.assert_close(ours[i], x, atol=1e-5, rtol=0)
+
+
+def test_batch_augmentation_draws_per_image_and_flips_half():
+    augment = data.BatchAugment(data.Augment())
+    params = augment.draw(4000, torch.Generator().manual_seed(0))
+    # Each image its own factors, inside ColorJitter's ranges.
+    assert len(set(params.brightness.tolist())) > 3900  # float32 draws: a few may coincide
+    assert params.brightness.min() >= 0.8 and params.brightness.max() <= 1.2 and params.hue.abs().max() <= 0.02
+    flips = int(params.flip.sum())
+    assert 1850 < flips < 2150  # Binomial(4000, 0.5): +-4.7 standard deviations
+    two = augment(random_batch(1).repeat(2, 1, 1, 1), torch.Generator().manual_seed(1))
+    assert not torch.equal(two[0], two[1])  # the same image twice in a batch comes out differently
+    again = augment(random_batch(1).repeat(2, 1, 1, 1), torch.Generator().manual_seed(1))
+    assert torch.equal(two, again)  # and the same generator seed draws the same
+
+
+def test_zero_strength_augmentation_is_the_identity():
+    images = random_batch(6)
+    off = data.BatchAugment(data.Augment(hflip=0, brightness=0, contrast=0, saturation=0, hue=0))
+    assert torch.equal(off(images, torch.Generator().manual_seed(0)), data.normalize(images))
+    always = data.BatchAugment(data.Augment(hflip=1, brightness=0, contrast=0, saturation=0, hue=0))
+    assert torch.equal(always(images, torch.Generator().manual_seed(0)), data.normalize(images.flip(3)))
 
 
 def test_face_box_is_cropped_and_clamped(tmp_path):
@@ -366,8 +399,7 @@ def test_face_box_is_cropped_and_clamped(tmp_path):
     crop = data.load_face(clamped)
     assert crop.size == (50, 50) and np.asarray(crop)[..., 2].min() == 255
     tensor = data.FaceDataset([red], img_size=16)[0][0]
-    mean, std = torch.tensor(data.IMAGENET_MEAN), torch.tensor(data.IMAGENET_STD)
-    assert torch.allclose(tensor.mean((1, 2)) * std + mean, torch.tensor([1.0, 0.0, 0.0]), atol=0.01)
+    assert tensor.float().mean((1, 2)).tolist() == [255.0, 0.0, 0.0]
 
 
 def test_reduced_scale_decoding_matches_plain(tmp_path, monkeypatch):
@@ -382,12 +414,46 @@ def test_reduced_scale_decoding_matches_plain(tmp_path, monkeypatch):
     draft = data.FaceDataset([sample], img_size=64, draft=True)[0][0]
     plain = data.FaceDataset([sample], img_size=64, draft=False)[0][0]
     assert decoded[0] == (150, 113) and decoded[-1] == (1200, 900)  # 1/8 scale really used, and not for plain
-    diff = (draft - plain).abs() * torch.tensor(data.IMAGENET_STD).view(3, 1, 1) * 255
+    diff = (draft.float() - plain.float()).abs()
     assert diff.mean() < 2.0 and diff.max() < 12  # in 0-255 pixel levels
     Image.open(tmp_path / "big.jpg").save(tmp_path / "big.png")
     decoded.clear()
     data.load_face(data.Sample("big.png", str(tmp_path / "big.png"), 0, (300, 200, 600, 640), 2), 64)
     assert decoded[0] == (1200, 900)  # only JPEGs have a reduced-scale decoder
+
+
+def test_prepare_crops_once_resumes_and_names_each_unreadable_image(tmp_path, capsys):
+    # Full-release-like input: 1600 x 1200 photos with ~500 px face boxes, one file damaged.
+    (tmp_path / "photos").mkdir()
+    rows = []
+    for i in range(4):
+        photo(tmp_path / "photos" / f"{i}.jpg", (1600, 1200), seed=i)
+        rows.append((f"photos/{i}.jpg", i, 300 + 50 * i, 200, 500, 520, f"0.{i}"))
+    (tmp_path / "photos" / "bad.jpg").write_bytes((tmp_path / "photos" / "0.jpg").read_bytes()[:400])
+    rows.append(("photos/bad.jpg", 5, 0, 0, 100, 100, "0.9"))
+    index = write_csv(tmp_path / "train.csv", rows, ("path", "label", *data.BOX_COLUMNS, "valence"))
+    code, out, err = cli(capsys, "prepare", "--csv", index, "--out", tmp_path / "prep", "--size", 64,
+                         "--workers", 2)
+    assert code == 1 and "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 2 and "cannot decode image" in lines[0] and "bad.jpg (CSV line 6)" in lines[0]
+    assert lines[1].startswith("error: 1 image(s) could not be read") and "prepared 4 crops" in out
+    with open(tmp_path / "prep" / "index.csv", newline="") as f:
+        prepared = list(csv.DictReader(f))
+    assert list(prepared[0]) == ["path", "label", "valence"]  # same rows and metadata, no box
+    assert [(r["path"], r["label"], r["valence"]) for r in prepared] == [
+        (f"photos/{i}.jpg", str(i), f"0.{i}") for i in range(4)]
+    # The crops are what on-the-fly decoding gives, within JPEG re-encoding noise.
+    fly = data.FaceDataset(data.read_index(index)[:4], img_size=64)
+    cached = data.FaceDataset(data.read_index(tmp_path / "prep" / "index.csv"), img_size=64)
+    for i in range(4):
+        assert cached[i][0].shape == (3, 64, 64)
+        assert (cached[i][0].float() - fly[i][0].float()).abs().mean() <= 2.0
+    # A second call skips what is done and leaves the files alone.
+    first = (tmp_path / "prep" / "photos" / "0.jpg").stat().st_mtime_ns
+    code, out, err = cli(capsys, "prepare", "--csv", index, "--out", tmp_path / "prep", "--size", 64)
+    assert code == 1 and "prepared 0 crops, 4 already there" in out
+    assert (tmp_path / "prep" / "photos" / "0.jpg").stat().st_mtime_ns == first
 
 
 def test_make_loader_is_seeded(demo_data):

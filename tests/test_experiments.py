@@ -1,4 +1,5 @@
 """experiments.sh: the whole pipeline on a tiny demo set, and its argument errors."""
+import fcntl
 import os
 import subprocess
 from pathlib import Path
@@ -53,3 +54,17 @@ def test_bad_arguments_fail_with_one_line(tmp_path: Path) -> None:
 
     proc = run_script(env={"TRAIN_CSV": "", "VAL_CSV": ""})
     assert proc.returncode == 1 and "no training CSV" in proc.stderr
+
+
+def test_a_second_experiments_sh_on_the_same_results_refuses(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    with open(results / ".experiments.lock", "a+") as held:  # what a running experiments.sh holds
+        held.write("pid 4242 on host, started today\n")
+        held.flush()
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        proc = run_script("--demo", env={"DEMO_DIR": str(tmp_path / "demo_data"), "RESULTS": str(results)})
+    assert proc.returncode == 1
+    assert proc.stderr.strip().startswith(f"experiments.sh: error: another experiments.sh is running on {results} "
+                                          "(pid 4242 on host")
+    assert not (tmp_path / "demo_data").exists()  # refused before building or training anything

@@ -7,6 +7,9 @@ thesis's run3 recipe (focal + alpha, EMA, warmup, clipping) on ResNet50, the mos
 import csv
 import json
 import os
+import re
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,7 +32,8 @@ RECIPE = ("--model", "resnet50", "--weights", "none", "--img-size", "64", "--bat
           "--clip-grad", "1.0", "--log-interval-s", "0")
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "val_loss", "val_accuracy", "val_macro_f1",
                   *(f"f1_{name}" for name in data.AFFECTNET8)]
-OUTPUTS = ["config.json", "history.csv", "train.log", "last.pt", "best.pt", "summary.json", "predictions.csv",
+OUTPUTS = [".lock", "config.json", "history.csv", "train.log", "last.pt", "last.prev.pt", "best.pt", "summary.json",
+           "predictions.csv",
            "metrics.json", "per_class.csv", "confusion_matrix.csv", "confusion_matrix_normalized.csv",
            "confusion_matrix.png", "confusion_matrix_normalized.png"]
 
@@ -97,7 +101,10 @@ def runs(small, tmp_path_factory):
     procs = {
         "a": spawn(command(small, base / "a")),
         "b": spawn(command(small, base / "b")),
-        "sigterm": spawn(command(small, base / "resumed", "--debug-sigterm-at-epoch", "2")),
+        "sigterm": spawn(command(small, base / "resumed", "--debug-signal", "2:1:SIGTERM")),
+        # A mid-epoch checkpoint after every step, then kill -9 at the start of epoch 2's last step.
+        "kill": spawn(command(small, base / "killed", "--checkpoint-every", "1e-9", "--debug-signal", "2:2:SIGKILL")),
+        "workers": spawn(command(small, base / "workers", "--workers", "2")),
         "nan": spawn(command(small, base / "nan", "--debug-nan-at-step", str(STEPS + 2))),
         # Also the early-stopping run: lr 0 on ConvNeXt (no BatchNorm statistics to drift) cannot improve,
         # so with --patience 1 it must stop after epoch 2, and all ranks must agree to.
@@ -137,18 +144,34 @@ def assert_one_line_error(result: tuple[int, str, str], code: int = 1) -> str:
     return lines[0]
 
 
+def resume(small: dict, out: Path, limit_kb: int | None = None) -> subprocess.CompletedProcess:
+    """`train.py ... --resume` as a subprocess, optionally under a file-size limit (ulimit -f, in KiB)."""
+    argv = [sys.executable, *command(small, out, "--resume")]
+    if limit_kb is not None:  # Python ignores SIGXFSZ, so a write past the limit fails with EFBIG
+        argv = ["bash", "-c", f"ulimit -f {limit_kb}; exec {shlex.join(argv)}"]
+    return subprocess.run(argv, cwd=ROOT, text=True, capture_output=True, env=os.environ | {"OMP_NUM_THREADS": "1"},
+                          timeout=600)
+
+
 # First in the file: the SIGTERM run ends early, so its resume overlaps the other runs instead of trailing them.
-def test_sigterm_then_resume_ends_exactly_like_an_uninterrupted_run(runs, small):
+def test_sigterm_mid_epoch_then_a_full_disk_then_resume_ends_exactly_like_an_uninterrupted_run(runs, small):
     code, stdout, stderr = runs.result("sigterm")
     out = runs.base / "resumed"
     assert code == 143, stderr[-2000:]
-    assert "stopped by SIGTERM during epoch 2 step 1/2" in stdout and "--resume" in stdout
-    assert "Traceback" not in stderr
-    assert models.load_checkpoint(out / "last.pt")["train_state"]["epoch"] == 1  # the epoch before stays
+    assert "stopped by SIGTERM during epoch 2 step 1/2" in stdout and "holds step 1 of epoch 2" in stdout
+    assert "--resume" in stdout and "Traceback" not in stderr
+    state = models.load_checkpoint(out / "last.pt")["train_state"]
+    assert state["epoch"] == 1 and state["partial"]["step"] == 1  # saved at the step the signal came
     assert len(read_history(out)) == 1
 
-    resumed = subprocess.run([sys.executable, *command(small, out, "--resume")], cwd=ROOT, text=True,
-                             capture_output=True, env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=600)
+    # Resumed on a "full disk": the first checkpoint write fails; one line names the file and the reason.
+    full = resume(small, out, limit_kb=20_000)  # below best.pt's ~94 MB
+    assert_one_line_error((full.returncode, full.stdout, full.stderr))
+    assert re.search(r"cannot write \S+/(best|last)\.pt: File too large", full.stderr), full.stderr
+    assert "resume with: python" in full.stderr
+    assert models.load_checkpoint(out / "last.pt")["train_state"]["partial"]["step"] == 1  # untouched
+
+    resumed = resume(small, out)
     assert_ok((resumed.returncode, resumed.stdout, resumed.stderr))
     assert_ok(runs.result("a"))
     reference = runs.base / "a"
@@ -158,8 +181,74 @@ def test_sigterm_then_resume_ends_exactly_like_an_uninterrupted_run(runs, small)
         {k: expected[k] for k in ("best_epoch", "accuracy", "macro_f1", "per_class")}
     a, b = (models.load_checkpoint(d / "last.pt") for d in (out, reference))
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert (out / "predictions.csv").read_text() == (reference / "predictions.csv").read_text()
     log = (out / "train.log").read_text()
     assert log.index("stopped by SIGTERM") < log.index("resuming") < log.index("epoch 2/2 done")
+    assert "from step 2" in log
+
+
+def test_kill_9_after_a_mid_epoch_checkpoint_resumes_exactly(runs, small):
+    code, _, stderr = runs.result("kill")
+    out = runs.base / "killed"
+    assert code == -signal.SIGKILL, stderr[-2000:]
+    state = models.load_checkpoint(out / "last.pt")["train_state"]
+    assert state["epoch"] == 1 and state["partial"]["step"] == 1
+    resumed = resume(small, out)
+    assert_ok((resumed.returncode, resumed.stdout, resumed.stderr))
+    assert_ok(runs.result("a"))
+    assert metric_columns(out) == metric_columns(runs.base / "a")
+
+
+def test_the_number_of_loader_workers_does_not_change_the_numbers(runs):
+    assert_ok(runs.result("workers"))
+    assert_ok(runs.result("a"))
+    assert metric_columns(runs.base / "workers") == metric_columns(runs.base / "a")
+
+
+def test_a_truncated_last_pt_names_the_previous_checkpoint_which_resumes(runs, small, tmp_path):
+    assert_ok(runs.result("a"))
+    reference = runs.base / "a"
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copy(reference / "last.prev.pt", out / "last.prev.pt")  # what the save before the last one kept
+    (out / "last.pt").write_bytes((reference / "last.pt").read_bytes()[:1_000_000])  # a failing disk's last.pt
+    with pytest.raises(data.UserError, match=r"last\.pt: truncated .*last\.prev\.pt \(epoch 1\) is intact: "
+                                             r"resume from it with `mv "):
+        train.main(train.get_args_parser().parse_args(command(small, out, "--resume")[1:]))
+    (out / "last.prev.pt").replace(out / "last.pt")
+    resumed = resume(small, out)
+    assert_ok((resumed.returncode, resumed.stdout, resumed.stderr))
+    assert metric_columns(out) == metric_columns(reference)  # epoch 2 redone exactly
+
+
+def test_a_run_folder_in_use_is_refused_and_a_stale_lock_taken_over(small, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".lock").write_text("pid 999999 on gone, started 2026-01-01 00:00:00\n")  # its process is dead
+    held = train.lock_run_folder(out)  # taken over without asking
+    try:
+        assert (out / ".lock").read_text().startswith(f"pid {os.getpid()} ")
+        second = subprocess.run([sys.executable, *command(small, out)], cwd=ROOT, text=True, capture_output=True,
+                                timeout=300)
+        line = assert_one_line_error((second.returncode, second.stdout, second.stderr))
+        assert f"is in use by another training run (pid {os.getpid()} on " in line
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]  # it wrote nothing
+    finally:
+        held.close()
+    train.lock_run_folder(out).close()  # free again once the holder let go
+
+
+def test_a_second_signal_gets_the_default_action():
+    previous = {s: signal.getsignal(s) for s in train.STOP_SIGNALS}
+    try:
+        flag = train.StopFlag()
+        assert all(signal.getsignal(s) == flag._handle for s in train.STOP_SIGNALS)
+        flag._handle(signal.SIGTERM, None)
+        assert flag.signum == signal.SIGTERM  # the loop saves and stops at the next step
+        assert all(signal.getsignal(s) == signal.SIG_DFL for s in train.STOP_SIGNALS)  # a second one kills at once
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def test_two_epoch_run_writes_every_output(runs, small):
