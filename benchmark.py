@@ -3,20 +3,24 @@
     python benchmark.py --ckpt results/*/best.pt --out results/benchmark
     python benchmark.py --model convnext_tiny_transformer --blocks 2 --device cuda --out /tmp/bench
 
-Two modes, measured the same way on the same random input:
+Three modes, measured the same way on the same random input:
 - eager: the thesis protocol. Eval + inference mode, fp16 autocast on CUDA (--amp), 50 warm-up and
   200 timed forward passes; latency = synchronised wall-clock time of the timed passes / passes.
 - fast: models.make_fast (channels_last + torch.compile with frozen weights; fp16 autocast and CUDA graphs
-  on the GPU). Each fast row carries the largest absolute logit difference to eager, whether the argmax
-  agrees and its speed-up over eager.
-With --mode both the timed passes of the two modes alternate in four chunks (eager first, then fast first, ...),
-so both see the same machine.
+  on the GPU).
+- onnx: ONNX Runtime (float32, as many intra-op threads as torch has) on the model exported as export.py
+  exports it, in memory, or on the files given with --onnx (one per --ckpt). Needs requirements-onnx.txt.
+Each fast and onnx row carries the largest absolute logit difference to eager, whether the argmax agrees and
+its speed-up over eager. When several modes run (--mode both = eager,fast; all = eager,fast,onnx; or a list such
+as eager,onnx) their timed passes alternate in four chunks (each chunk in the reverse order of the one
+before), so all see the same machine.
 Each row also has the forward pass's matmul + convolution GFLOPs per image and the GFLOP/s achieved, beside
 the device's rate on one large matmul.
 Writes benchmark.json (one row per experiment x mode x batch size), benchmark.csv and benchmark.md
 (Table 7 layout, with the thesis's numbers beside ours for the seven thesis experiments).
 """
 import argparse
+import copy
 import csv
 import io
 import json
@@ -31,15 +35,30 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import data
 import models
+import onnx_model
 from metrics import THESIS_RUNS
 
 COLUMNS = ("experiment", "mode", "device", "device_name", "torch_version", "threads", "params", "params_m",
            "batch_size", "img_size", "amp", "warmup", "iters", "latency_ms", "p50_ms", "p90_ms", "p99_ms", "fps",
            "gflop_per_image", "gflop_per_s", "matmul_gflop_per_s", "matmul_dtype", "accuracy", "macro_f1",
-           "fast_variant", "compile_s", "max_abs_diff", "argmax_match", "speedup")
-# --mode both: the timed passes of eager and fast alternate in this many chunks. A shared machine's speed
-# drifts within a minute; alternating lets both modes see the same drift, so their ratio is fair.
+           "fast_variant", "compile_s", "onnx_runtime", "export_s", "max_abs_diff", "argmax_match", "speedup")
+# Several modes: their timed passes alternate in this many chunks. A shared machine's speed drifts within a
+# minute; alternating lets every mode see the same drift, so their ratios are fair.
 CHUNKS = 4
+MODES = ("eager", "fast", "onnx")
+MODE_SETS = {"both": ("eager", "fast"), "all": MODES}
+
+
+def mode_list(text: str) -> tuple[str, ...]:
+    """argparse type: eager, fast, onnx, both (eager,fast), all, or a comma-separated list of modes."""
+    if text in MODE_SETS:
+        return MODE_SETS[text]
+    modes = tuple(m.strip() for m in text.split(",") if m.strip())
+    unknown = [m for m in modes if m not in MODES]
+    if not modes or unknown:
+        raise argparse.ArgumentTypeError(f"expected {', '.join(MODES)}, both, all or a comma-separated list of "
+                                         f"modes, got {text!r}")
+    return tuple(m for m in MODES if m in modes)  # eager first: the others are checked against it
 
 
 def int_list(text: str) -> list[int]:
@@ -72,8 +91,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--iters", type=data.int_at_least(1), default=200, help="timed forward passes (default: 200)")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                         help="eager mode: fp16 autocast (default: on for CUDA, off on CPU; on CPU it means bfloat16)")
-    parser.add_argument("--mode", choices=("eager", "fast", "both"), default="both",
-                        help="eager = the thesis protocol, fast = models.make_fast (default: both)")
+    parser.add_argument("--mode", type=mode_list, default=MODE_SETS["both"], metavar="MODES",
+                        help="eager = the thesis protocol, fast = models.make_fast, onnx = ONNX Runtime; both = "
+                             "eager,fast; all = eager,fast,onnx; or a list such as eager,onnx (default: both)")
+    parser.add_argument("--onnx", nargs="+", metavar="ONNX", default=None,
+                        help="onnx mode: models exported by export.py, one per --ckpt in the same order (default: "
+                             "each model is exported in memory)")
     parser.add_argument("--seed", type=int, default=42, help="seed of the random input and of --model's weights")
     parser.add_argument("--out", required=True, help="output folder")
     return parser
@@ -87,21 +110,38 @@ def targets_from_args(args: argparse.Namespace) -> list[dict]:
             raise data.UserError(f"--blocks applies to {', '.join(models.HYBRIDS)} only, not {args.model}")
         hybrid = args.model in models.HYBRIDS
         name = args.model + (f"_{blocks}block" + "s" * (blocks > 1) if hybrid else "")
-        return [{"experiment": name, "ckpt": None, "name": args.model, "blocks": blocks,
+        if args.onnx is not None:
+            raise data.UserError("--onnx goes with --ckpt (the checkpoints they were exported from)")
+        return [{"experiment": name, "ckpt": None, "name": args.model, "blocks": blocks, "onnx": None,
+                 "num_classes": len(data.AFFECTNET8),
                  "img_size": args.img_size or 224, "accuracy": None, "macro_f1": None}]
     if args.blocks is not None:
         raise data.UserError("--blocks applies to --model only; a checkpoint records its own blocks")
+    if args.onnx is not None and len(args.onnx) != len(args.ckpt):
+        raise data.UserError(f"--onnx: {len(args.onnx)} file(s) for {len(args.ckpt)} --ckpt file(s); give one each")
     targets = []
     # Every checkpoint is read once up front, so a bad seventh file fails before six models were timed.
-    for path in args.ckpt:
+    for i, path in enumerate(args.ckpt):
         checkpoint = models.load_checkpoint(path)
         arch, found = checkpoint["arch"], checkpoint.get("metrics") or {}
         targets.append({"experiment": checkpoint.get("experiment") or os.path.splitext(os.path.basename(path))[0],
                         "ckpt": path, "name": arch["name"], "blocks": int(arch.get("blocks", 1)),
+                        "onnx": args.onnx[i] if args.onnx else None, "num_classes": int(arch["num_classes"]),
                         "img_size": args.img_size or models.arch_img_size(arch),
                         "accuracy": found.get("accuracy"), "macro_f1": found.get("macro_f1")})
         del checkpoint
+        if args.onnx:
+            check_onnx_matches(args.onnx[i], targets[-1])
     return targets
+
+
+def check_onnx_matches(path: str, target: dict) -> None:
+    """A one-line UserError unless an --onnx file was exported from the target's architecture at its size."""
+    arch = onnx_model.load(path)[1]["arch"]
+    if (arch["name"], arch["blocks"], arch["img_size"]) != (target["name"], target["blocks"], target["img_size"]):
+        raise data.UserError(f"--onnx {path}: a {arch['name']} ({arch['blocks']} block(s)) at {arch['img_size']} px, "
+                             f"not the {target['name']} ({target['blocks']} block(s)) at {target['img_size']} px of "
+                             f"{target['ckpt']}")
 
 
 def build(target: dict, device: torch.device, seed: int) -> torch.nn.Module:
@@ -109,7 +149,8 @@ def build(target: dict, device: torch.device, seed: int) -> torch.nn.Module:
     if target["ckpt"] is not None:
         return models.load_model(target["ckpt"], device)[0]
     torch.manual_seed(seed)
-    return models.build_model(target["name"], blocks=target["blocks"], weights="none").to(device).eval()
+    return models.build_model(target["name"], num_classes=target["num_classes"], blocks=target["blocks"],
+                              weights="none").to(device).eval()
 
 
 def percentile(sorted_ms: list[float], q: float) -> float:
@@ -195,38 +236,63 @@ def time_forwards(forwards: dict[str, Callable], x: torch.Tensor, warmup: int, i
     return stats
 
 
-def measure(model: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace, device: torch.device, amp: bool,
-            tag: str) -> list[dict]:
-    """Timings of one input batch, a row per mode: eager and/or the fast path checked against eager."""
+def onnx_forward(model: torch.nn.Module, target: dict, size: int, device: torch.device,
+                 tag: str) -> tuple[onnx_model.OnnxModel, float]:
+    """ONNX Runtime on the target's --onnx file, or on the model exported in memory as export.py exports it; and
+    the seconds that took."""
+    start = time.perf_counter()
+    if target["onnx"] is not None:
+        exported = onnx_model.load(target["onnx"], device)[0]
+    else:
+        print(f"{tag}: exporting to ONNX", flush=True)
+        arch = {"name": target["name"], "blocks": target["blocks"], "num_classes": target["num_classes"]}
+        # The exporter traces a float32 CPU copy: the model itself may sit on a GPU.
+        cpu_model = copy.deepcopy(models.unwrap(model)).to("cpu").float().eval()
+        blob = onnx_model.export_bytes(cpu_model, arch, target["experiment"], None, size)
+        del cpu_model
+        exported = onnx_model.OnnxModel(blob, device).eval()
+    return exported, time.perf_counter() - start
+
+
+def measure(model: torch.nn.Module, target: dict, x: torch.Tensor, args: argparse.Namespace, device: torch.device,
+            amp: bool, tag: str) -> list[dict]:
+    """Timings of one input batch, a row per mode: eager, and the fast path and ONNX Runtime checked against it."""
     def eager(inputs: torch.Tensor) -> torch.Tensor:
         with models.autocast(device, amp):
             return model(inputs)
 
-    forwards, check = {}, {}
-    if args.mode in ("eager", "both"):
+    forwards, checks = {}, {}
+    if "eager" in args.mode:
         forwards["eager"] = eager
-    if args.mode in ("fast", "both"):
-        # Built before any timing, so the compile minute does not sit between the two modes' timings.
+    # Every path is built before any timing, so the compile minute does not sit between the modes' timings.
+    if "fast" in args.mode:
         print(f"{tag}: building the fast path (torch.compile takes a while the first time)", flush=True)
         start = time.perf_counter()
-        fast = models.make_fast(model, device, x)
-        compile_s = time.perf_counter() - start
-        with torch.inference_mode():
-            reference, out = eager(x).float(), fast(x)
-        check = {"fast_variant": fast.variant, "compile_s": round(compile_s, 1),
-                 "max_abs_diff": (out - reference).abs().max().item(),
-                 "argmax_match": bool(torch.equal(out.argmax(1), reference.argmax(1)))}
-        print(f"{tag} fast path [{fast.variant}] ready in {compile_s:.1f} s; max |logit diff| vs eager "
-              f"{check['max_abs_diff']:.2e}, argmax {'agrees' if check['argmax_match'] else 'DIFFERS'}", flush=True)
-        forwards["fast"] = fast
+        forwards["fast"] = models.make_fast(model, device, x)
+        checks["fast"] = {"fast_variant": forwards["fast"].variant, "compile_s": round(time.perf_counter() - start, 1)}
+    if "onnx" in args.mode:
+        forwards["onnx"], export_s = onnx_forward(model, target, x.shape[-1], device, tag)
+        checks["onnx"] = {"onnx_runtime": forwards["onnx"].runtime, "export_s": round(export_s, 1)}
+    with torch.inference_mode():
+        reference = eager(x).float()
+        for mode, check in checks.items():
+            out = forwards[mode](x).float()
+            check.update({"max_abs_diff": (out - reference).abs().max().item(),
+                          "argmax_match": bool(torch.equal(out.argmax(1), reference.argmax(1)))})
+            variant = check.get("fast_variant") or check.get("onnx_runtime")
+            ready = check.get("compile_s", check.get("export_s"))
+            print(f"{tag} {mode} [{variant}] ready in {ready:.1f} s; max |logit diff| vs eager "
+                  f"{check['max_abs_diff']:.2e}, argmax {'agrees' if check['argmax_match'] else 'DIFFERS'}",
+                  flush=True)
     stats = time_forwards(forwards, x, args.warmup, args.iters, f"{tag} {'+'.join(forwards)}")
-    if "eager" in stats and "fast" in stats:
-        check["speedup"] = stats["eager"]["latency_ms"] / stats["fast"]["latency_ms"]
     rows = []
     for mode, timing in stats.items():
+        check = checks.get(mode, {})
+        if "eager" in stats and mode != "eager":
+            check["speedup"] = stats["eager"]["latency_ms"] / timing["latency_ms"]
         print(f"{tag} {mode}: {timing['latency_ms']:.3f} ms, {timing['fps']:.1f} images/s"
-              + (f", {check['speedup']:.2f}x eager" if mode == "fast" and "speedup" in check else ""), flush=True)
-        rows.append({"mode": mode, **timing, **(check if mode == "fast" else {})})
+              + (f", {check['speedup']:.2f}x eager" if "speedup" in check else ""), flush=True)
+        rows.append({"mode": mode, **timing, **check})
     return rows
 
 
@@ -247,7 +313,7 @@ def bench_target(target: dict, args: argparse.Namespace, device: torch.device, a
         x = torch.randn(batch, 3, size, size, generator=generator).to(device)
         tag = f"{target['experiment']} batch {batch}"
         try:
-            for row in measure(model, x, args, device, amp, tag):
+            for row in measure(model, target, x, args, device, amp, tag):
                 rows.append({**base, "batch_size": batch, **row, "gflop_per_s": round(gflop * row["fps"], 3)})
         except torch.OutOfMemoryError:
             print(f"warning: {tag}: out of {device.type} memory, batch size skipped", file=sys.stderr, flush=True)
@@ -289,15 +355,17 @@ def markdown(rows: list[dict], batch_size: int) -> str:
                      f"{beside(r['macro_f1'], t_f1, 4)} | {beside(r['params_m'], t_params, 3)} | "
                      f"{fmt(r['gflop_per_image'], 2)} | {beside(r['latency_ms'], t_lat, 4)} | "
                      f"{beside(r['fps'], t_fps, 2)} | {fmt(r['gflop_per_s'], 1)} |")
-    fast_rows = [r for r in rows if r["mode"] == "fast"]
-    if fast_rows:
-        lines += ["", "Fast path against eager on the same input (speed-up: eager latency / fast latency, timed "
-                  "in alternating chunks in this run):", "",
-                  "| Experiment | Batch | Variant | Ready in (s) | Speed-up | Max abs logit diff | Argmax agrees |",
-                  "|---|---|---|---|---|---|---|"]
-        for r in fast_rows:
+    checked = [r for r in rows if r["mode"] != "eager"]
+    if checked:
+        lines += ["", "Fast path and ONNX Runtime against eager on the same input (speed-up: eager latency / its "
+                  "latency, timed in alternating chunks in this run; ready in: compile or export time):", "",
+                  "| Experiment | Batch | Mode | Variant | Ready in (s) | Speed-up | Max abs logit diff | "
+                  "Argmax agrees |", "|---|---|---|---|---|---|---|---|"]
+        for r in checked:
             speedup = "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"
-            lines.append(f"| {r['experiment']} | {r['batch_size']} | {r['fast_variant']} | {r['compile_s']} | "
+            variant, ready = (r["fast_variant"], r["compile_s"]) if r["mode"] == "fast" else (r["onnx_runtime"],
+                                                                                                r["export_s"])
+            lines.append(f"| {r['experiment']} | {r['batch_size']} | {r['mode']} | {variant} | {ready} | "
                          f"{speedup} | {r['max_abs_diff']:.2e} | {'yes' if r['argmax_match'] else 'NO'} |")
     sizes = sorted({r["batch_size"] for r in rows})
     if len(sizes) > 1:
@@ -328,6 +396,11 @@ def write_outputs(out: str, rows: list[dict], batch_size: int) -> None:
 def main(args: argparse.Namespace) -> None:
     device = models.resolve_device(args.device)
     amp = device.type == "cuda" if args.amp is None else args.amp
+    if args.onnx is not None and "onnx" not in args.mode:
+        raise data.UserError(f"--onnx: add onnx to --mode (got {','.join(args.mode)})")
+    if "onnx" in args.mode:  # checked before anything is timed
+        onnx_model.require("--mode onnx", ("onnx", "onnxruntime") if args.onnx else ("onnx", "onnxruntime",
+                                                                                       "onnxscript"))
     targets = targets_from_args(args)
     # The fast path's dtype: float16 autocast on CUDA (eager's too, unless --no-amp), float32 on the CPU.
     matmul_dtype = torch.float16 if device.type == "cuda" else torch.float32
@@ -335,9 +408,10 @@ def main(args: argparse.Namespace) -> None:
     common = {"device": device.type, "device_name": models.device_name(device), "torch_version": torch.__version__,
               "matmul_gflop_per_s": matmul_rate, "matmul_dtype": str(matmul_dtype).removeprefix("torch."),
               "threads": torch.get_num_threads(), "amp": amp, "warmup": args.warmup, "iters": args.iters,
-              "fast_variant": None, "compile_s": None, "max_abs_diff": None, "argmax_match": None, "speedup": None}
+              "fast_variant": None, "compile_s": None, "onnx_runtime": None, "export_s": None,
+              "max_abs_diff": None, "argmax_match": None, "speedup": None}
     print(f"benchmark: {len(targets)} model(s) on {common['device_name']}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} CPU threads, mode {args.mode}, batch {args.batch_size}"
+          f"{torch.get_num_threads()} CPU threads, modes {','.join(args.mode)}, batch {args.batch_size}"
           + (f" (+ sweep {args.batch_sizes})" if args.batch_sizes else "")
           + f", {args.warmup} warm-up + {args.iters} timed passes, eager autocast {'on' if amp else 'off'}", flush=True)
     rows = []

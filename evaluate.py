@@ -200,7 +200,7 @@ def compared_predictions(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarr
     hflip, sides = args.tta == "hflip", []
     if args.logit_adjust:  # both checked before either runs inference
         for path in (args.ckpt, args.compare):
-            log_prior(models.load_checkpoint(path)["arch"], path)
+            log_prior(models.load_model(path)[1]["arch"], path)  # load_model: also reads an exported .onnx
     for path in (args.ckpt, args.compare):
         # One at a time: compared checkpoints may differ in image size, unlike an ensemble's.
         val = infer_checkpoints([path], args.val_csv, args.data_root, args.batch_size, args.workers, args.device,

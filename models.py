@@ -388,8 +388,13 @@ def arch_img_size(arch: dict) -> int:
 
 
 def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild a model from a checkpoint alone: (model in eval mode on device, {arch, experiment, metrics})."""
+    """Rebuild a model from a checkpoint alone: (model in eval mode on device, {arch, experiment, metrics}).
+    A `.onnx` file written by export.py gives an onnx_model.OnnxModel (ONNX Runtime) with the same meta keys."""
     device = resolve_device(device) if isinstance(device, str) else device
+    if Path(path).suffix.lower() == ".onnx":
+        import onnx_model  # here, not at the top: checkpoints need none of the ONNX packages
+
+        return onnx_model.load(path, device)
     checkpoint = load_checkpoint(path)
     arch = checkpoint["arch"]
     # Built on the meta device: no time spent on random init the checkpoint overwrites anyway.

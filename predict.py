@@ -3,12 +3,14 @@
     python predict.py --ckpt best.pt INPUT ... [--camera N] [--detect] [--tta hflip] [--annotate] [--out DIR]
 
 Images are face crops by default, read exactly as evaluate.py reads them; with --detect, faces are found first
-(OpenCV's frontal-face Haar cascade) and each is classified. Videos and the camera always detect: all faces of a
-frame run as one batch, faces are tracked frame to frame and each track's probabilities are smoothed over time.
+(--detector: MTCNN by default, or OpenCV's Haar cascades; see detectors.py) and each is classified. Videos and the
+camera always detect: all faces of a frame run as one batch, faces are tracked frame to frame and each track's
+probabilities are smoothed over time.
 Writes OUT/predictions.csv, one row per image or frame and face: file, frame, track (face id in a video), the
 face box face_x, face_y, face_w, face_h (the whole image for a crop), label (predicted class index), name (its
 class name) and prob_<class> for every class (smoothed over time for videos); with --annotate, annotated copies.
-OpenCV (requirements-video.txt) is only needed for --detect, videos and the camera.
+OpenCV and the detector (requirements-video.txt) are only needed for --detect, videos and the camera. --ckpt also
+takes a model exported by export.py (.onnx), run by ONNX Runtime through the same pipeline (requirements-onnx.txt).
 """
 from __future__ import annotations
 
@@ -27,31 +29,15 @@ import torch
 from PIL import Image, ImageDraw
 
 import data
+import detectors
 import models
 import plots
+from detectors import Box, FaceDetector, import_cv2, iou
 
 VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
-INSTALL_HINT = "pip install -r requirements-video.txt"
-HAAR_CASCADE = "haarcascade_frontalface_default.xml"
 # Face batches are padded up to one of these sizes for the compiled path, so a video with 1-8 faces per frame
 # compiles at most four graphs instead of one per face count; larger batches run in chunks of the largest.
 FAST_BUCKETS: tuple[int, ...] = (1, 2, 4, 8)
-
-Box = tuple[int, int, int, int]  # x, y, w, h in pixels
-
-
-def import_cv2(feature: str) -> Any:
-    """OpenCV, imported on first use; a one-line UserError naming `feature` when it is not installed."""
-    # OpenCV and FFmpeg would print their own warnings about a broken file or an absent camera ahead of our
-    # one-line error; keep them quiet unless the user asked for them.
-    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
-    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
-    try:
-        import cv2
-    except ImportError:
-        raise data.UserError(f"{feature} needs OpenCV: {INSTALL_HINT}") from None
-    return cv2
-
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Inputs
@@ -123,49 +109,22 @@ def check_video(cv2: Any, path: str) -> None:
         raise data.UserError(f"cannot open video {path} (not a video, damaged, or a codec OpenCV lacks)")
 
 
-def read_gray(path: str, max_side: int) -> tuple[np.ndarray, float]:
-    """The image as uint8 grayscale for the detector (JPEGs decoded at reduced scale, >= max_side px) and the
-    factor from its pixels back to the full image's."""
+def read_rgb(path: str, max_side: int) -> tuple[np.ndarray, float]:
+    """The image as uint8 RGB for the detector (JPEGs decoded at reduced scale, >= max_side px) and the factor
+    from its pixels back to the full image's."""
     try:
         with Image.open(path) as im:
             full_w = im.size[0]
-            im.draft("L", (max_side, max_side))  # no-op for formats other than JPEG
-            gray = np.asarray(im.convert("L"))
+            im.draft("RGB", (max_side, max_side))  # no-op for formats other than JPEG
+            rgb = np.asarray(im.convert("RGB"))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise data.UserError(f"cannot read image {path}: {err}") from None
-    return gray, full_w / gray.shape[1]
+    return rgb, full_w / rgb.shape[1]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Detection, crops, tracking
 # ---------------------------------------------------------------------------------------------------------------------
-
-class FaceDetector:
-    """OpenCV's frontal-face Haar cascade, which ships inside the cv2 package (nothing to download)."""
-
-    def __init__(self, cv2: Any, min_face: int = 40, max_side: int = 640) -> None:
-        if not hasattr(cv2, "CascadeClassifier"):  # OpenCV 5 moved the cascades out of the main package
-            raise data.UserError(f"face detection needs OpenCV 4 with its Haar cascades, found OpenCV "
-                                 f"{cv2.__version__}: {INSTALL_HINT}")
-        path = os.path.join(cv2.data.haarcascades, HAAR_CASCADE)
-        self.cascade = cv2.CascadeClassifier(path)
-        if self.cascade.empty():
-            raise data.UserError(f"cannot load the face detector {path}: reinstall OpenCV ({INSTALL_HINT})")
-        self.cv2, self.min_face, self.max_side = cv2, min_face, max_side
-
-    def __call__(self, gray: np.ndarray) -> list[Box]:
-        """Face boxes (x, y, w, h) in a uint8 grayscale image, left to right."""
-        cv2 = self.cv2
-        # Large frames are searched at <= max_side px: the cascade's cost grows with pixels, not with faces.
-        scale = min(1.0, self.max_side / max(gray.shape))
-        if scale < 1.0:
-            gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-        gray = cv2.equalizeHist(gray)
-        min_side = max(24, round(self.min_face * scale))  # 24 px is the cascade's own window
-        faces = self.cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(min_side, min_side))
-        boxes = [tuple(int(round(v / scale)) for v in face) for face in faces]
-        return sorted(boxes)
-
 
 def expand_box(box: Box, margin: float, width: int, height: int) -> Box:
     """The box grown by `margin` of its size on each side, clamped to the image."""
@@ -173,15 +132,6 @@ def expand_box(box: Box, margin: float, width: int, height: int) -> Box:
     left, top = max(0, round(x - margin * w)), max(0, round(y - margin * h))
     right, bottom = min(width, round(x + w + margin * w)), min(height, round(y + h + margin * h))
     return left, top, right - left, bottom - top
-
-
-def iou(a: Box, b: Box) -> float:
-    """Intersection over union of two (x, y, w, h) boxes."""
-    iw = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
-    ih = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
-    inter = max(0, iw) * max(0, ih)
-    union = a[2] * a[3] + b[2] * b[3] - inter
-    return inter / union if union > 0 else 0.0
 
 
 @dataclass
@@ -296,6 +246,8 @@ class FaceClassifier:
         """Which path runs the model, e.g. 'eager float32' or make_fast's variant."""
         if self.fast and self.compiled:
             return "fast: " + next(iter(self.compiled.values())).variant
+        if hasattr(self.model, "runtime"):  # an onnx_model.OnnxModel
+            return self.model.runtime
         return "eager " + ("float16 autocast" if self.amp else "float32")
 
     def warm_up(self, batch: int = 1) -> None:
@@ -401,8 +353,8 @@ def predict_images(sources: Sequence[Source], model: torch.nn.Module, device: to
         if detector is None:
             boxes, crops = [(0, 0, width, height)], [None]
         else:
-            gray, scale = read_gray(src.path, detector.max_side)
-            boxes = [tuple(round(v * scale) for v in box) for box in detector(gray)]
+            rgb, scale = read_rgb(src.path, detector.max_side)
+            boxes = [tuple(round(v * scale) for v in box) for box in detector(rgb)]
             crops = [expand_box(box, args.margin, width, height) for box in boxes]
             meter.step()
         # line=0: these samples come from no CSV; label 0 is a placeholder the model never sees.
@@ -492,7 +444,7 @@ def predict_video(src: Source, cv2: Any, classifier: FaceClassifier, detector: F
             index = stats.frames
             stats.frames += 1
             if index % args.every == 0:
-                shown = _analyse_frame(src.name, index, frame, cv2, classifier, detector, transform, tracker,
+                shown = _analyse_frame(src.name, index, frame, classifier, detector, transform, tracker,
                                        classes, args.margin, rows, stats)
             if names is not None:
                 if writer is None:
@@ -537,14 +489,14 @@ def _discard(path: Path | None) -> None:
         path.unlink(missing_ok=True)
 
 
-def _analyse_frame(name: str, index: int, frame: np.ndarray, cv2: Any, classifier: FaceClassifier,
+def _analyse_frame(name: str, index: int, frame: np.ndarray, classifier: FaceClassifier,
                    detector: FaceDetector, transform: Callable[[Image.Image], torch.Tensor], tracker: FaceTracker,
                    classes: Sequence[str], margin: float, rows: list[list[Any]],
                    stats: VideoStats) -> list[tuple[Box, str]]:
     """Detect, classify (one batch), track and smooth the faces of one BGR frame; appends rows, returns captions."""
     height, width = frame.shape[:2]
     start = time.perf_counter()
-    boxes = detector(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY))
+    boxes = detector(frame[:, :, ::-1])  # BGR -> RGB view
     stats.detect_s += time.perf_counter() - start
     stats.analysed += 1
     if boxes:
@@ -572,11 +524,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="*", metavar="INPUT",
                    help="image files, video files, or folders (searched recursively for both)")
-    p.add_argument("--ckpt", required=True, help="checkpoint written by train.py (best.pt)")
+    p.add_argument("--ckpt", required=True,
+                   help="checkpoint written by train.py (best.pt), or a model exported by export.py (.onnx), which "
+                        "ONNX Runtime runs")
     p.add_argument("--camera", type=int, default=None, metavar="N",
                    help="also read camera N (OpenCV index); stop with Ctrl-C or --max-frames")
     p.add_argument("--detect", action="store_true",
                    help="images: find faces first (default: each image is one face crop); videos always detect")
+    p.add_argument("--detector", choices=tuple(detectors.DETECTORS), default=detectors.DEFAULT,
+                   help=f"face detector for --detect, videos and the camera (default: {detectors.DEFAULT}; "
+                        "see detectors.py)")
     p.add_argument("--tta", choices=("none", "hflip"), default="none",
                    help="hflip: average the logits of each face and its mirror")
     p.add_argument("--annotate", action="store_true",
@@ -587,7 +544,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="float16 autocast on CUDA, as evaluate.py (default: on; no effect on CPU)")
     p.add_argument("--fast", choices=("auto", "on", "off"), default="auto",
                    help="videos: models.make_fast compiled path; auto = on for CUDA, off on CPU, where compiling "
-                        "takes 10-20 s per face count for ~1.2x (worth it for long videos) (default: auto)")
+                        "takes 10-20 s per face count for ~1.2x (worth it for long videos); not for an .onnx "
+                        "model (default: auto)")
     p.add_argument("--batch-size", type=int, default=64, help="images per batch for image inputs (default: 64)")
     p.add_argument("--workers", type=int, default=2, help="image decoding workers (default: 2)")
     p.add_argument("--smooth", type=float, default=0.6, metavar="ALPHA",
@@ -628,7 +586,11 @@ def main(args: argparse.Namespace) -> None:
         cv2 = import_cv2("--camera" if videos[0].kind == "camera" else f"video input {videos[0].name}")
     if args.detect:
         cv2 = import_cv2("--detect")
-    detector = FaceDetector(cv2, min_face=args.min_face) if cv2 is not None else None
+    detector = detectors.build(args.detector, cv2, min_face=args.min_face) if cv2 is not None else None
+    onnx = Path(args.ckpt).suffix.lower() == ".onnx"
+    if onnx and args.fast == "on":
+        raise data.UserError("--fast on: the compiled path is for .pt checkpoints; an .onnx model runs through "
+                             "ONNX Runtime (drop --fast)")
     # Unreadable inputs fail before the model loads, not halfway through the work.
     for src in images:
         image_size(src.path)
@@ -642,13 +604,14 @@ def main(args: argparse.Namespace) -> None:
     img_size = models.arch_img_size(arch)
     classes = list(models.arch_classes(arch))
     names = OutputNames(out_dir / "annotated") if args.annotate else None
-    print(f"{args.ckpt}: {arch['name']} at {img_size} px on {device}; {len(images)} images, {len(videos)} videos",
+    print(f"{args.ckpt}: {arch['name']} at {img_size} px on {device}; {len(images)} images, {len(videos)} videos"
+          + (f"; faces found by {detector.name}" if detector is not None and (videos or args.detect) else ""),
           flush=True)
 
     rows = predict_images(images, model, device, img_size, classes, args, detector if args.detect else None,
                           names) if images else []
     if videos:
-        classifier = FaceClassifier(model, device, img_size, fast=use_fast_path(args.fast, device),
+        classifier = FaceClassifier(model, device, img_size, fast=not onnx and use_fast_path(args.fast, device),
                                     hflip=args.tta == "hflip", amp=args.amp)
         classifier.warm_up(1)  # the common case, one face, is ready before the clock starts
         print(f"model path: {classifier.describe()} (ready in {classifier.warmup_s:.1f} s)", flush=True)

@@ -1,6 +1,8 @@
 """benchmark.py and models.make_fast: row contents, Table 7 parameter counts, checkpoint metadata, errors."""
 import csv
+import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +15,7 @@ from torch import nn
 import benchmark
 import data
 import models
+import onnx_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,20 +94,21 @@ def test_forward_gflop_counts_the_transformer_blocks():
     assert torch.backends.mha.get_fastpath_enabled()  # the counter's switch is put back
 
 
-E, F = "eager", "fast"
+E, F, O = "eager", "fast", "onnx"
 
 
-@pytest.mark.parametrize("iters, timed", [
-    (8, [E, E, F, F] + [F, F, E, E] + [E, E, F, F] + [F, F, E, E]),  # 4 chunks of 2 passes
-    (3, [E, F] + [F, E] + [E, F]),                                   # fewer passes than chunks: 3 chunks of 1
+@pytest.mark.parametrize("modes, iters, timed", [
+    ((E, F), 8, [E, E, F, F] + [F, F, E, E] + [E, E, F, F] + [F, F, E, E]),  # 4 chunks of 2 passes
+    ((E, F), 3, [E, F] + [F, E] + [E, F]),                                   # fewer passes than chunks: 3 of 1
+    ((E, F, O), 4, [E, F, O] + [O, F, E] + [E, F, O] + [O, F, E]),           # three modes in one run
 ])
-def test_timed_passes_of_two_modes_alternate_in_chunks(iters, timed):
+def test_timed_passes_of_several_modes_alternate_in_chunks(modes, iters, timed):
     calls = []
-    forwards = {name: (lambda x, name=name: calls.append(name)) for name in (E, F)}
+    forwards = {name: (lambda x, name=name: calls.append(name)) for name in modes}
     stats = benchmark.time_forwards(forwards, torch.zeros(2, 3, 4, 4), warmup=2, iters=iters, label="t")
-    # Warm-up of each, then alternating chunks, every other one in reverse order: both modes see the same
-    # machine drift and neither always goes first.
-    assert calls == [E, E, F, F] + timed
+    # Warm-up of each, then alternating chunks, every other one in reverse order: all modes see the same
+    # machine drift and none always goes first.
+    assert calls == [m for m in modes for _ in range(2)] + timed
     for timing in stats.values():
         assert timing["fps"] == pytest.approx(2000 / timing["latency_ms"])
         assert 0 < timing["p50_ms"] <= timing["p99_ms"]
@@ -182,3 +186,45 @@ def test_bad_ckpt_gives_one_error_line_before_any_timing(tmp_path, thesis_ckpt):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and str(bad) in lines[0], proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_mode_lists():
+    assert benchmark.mode_list("both") == ("eager", "fast") and benchmark.mode_list("all") == ("eager", "fast", "onnx")
+    assert benchmark.mode_list("onnx,eager") == ("eager", "onnx")  # eager first: the others are checked against it
+    with pytest.raises(Exception, match="expected eager, fast, onnx, both, all"):
+        benchmark.mode_list("eager,tensorrt")
+
+
+def test_onnx_rows_come_from_the_same_run_as_eager(tmp_path, thesis_ckpt):
+    pytest.importorskip("onnxruntime", reason="ONNX tests need: pip install -r requirements-onnx.txt")
+    eager, onnx = run_main(tmp_path, "--ckpt", thesis_ckpt, "--mode", "eager,onnx", *FAST)
+    assert (eager["mode"], onnx["mode"]) == ("eager", "onnx") and eager["speedup"] is None
+    assert onnx["speedup"] == pytest.approx(eager["latency_ms"] / onnx["latency_ms"])
+    assert onnx["argmax_match"] is True and onnx["max_abs_diff"] < 1e-3 and onnx["export_s"] > 0
+    assert f"{torch.get_num_threads()} intra-op threads" in onnx["onnx_runtime"]
+    assert (onnx["experiment"], onnx["params_m"], onnx["img_size"]) == ("baseline_resnet50_ce_run1", 23.524, 32)
+    md = (tmp_path / "benchmark.md").read_text()
+    assert "| baseline_resnet50_ce_run1 | onnx |" in md and f"| {onnx['speedup']:.2f}x |" in md
+
+
+def test_onnx_flags_are_checked_before_any_timing(tmp_path, thesis_ckpt):
+    cases = [(["--ckpt", thesis_ckpt, "--mode", "eager", "--onnx", "m.onnx"], "--onnx: add onnx to --mode"),
+             (["--ckpt", thesis_ckpt, thesis_ckpt, "--mode", "onnx", "--onnx", "m.onnx"],
+              "--onnx: 1 file(s) for 2 --ckpt file(s)"),
+             (["--model", "resnet50", "--mode", "onnx", "--onnx", "m.onnx"], "--onnx goes with --ckpt")]
+    if importlib.util.find_spec("onnxruntime") is not None:  # a file exported from another architecture
+        from onnx import TensorProto, helper
+        graph = helper.make_graph([helper.make_node("Identity", ["images"], ["logits"])], "g",
+                                  [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1])],
+                                  [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1])])
+        model = helper.make_model(graph)
+        arch = {"name": "convnext_tiny", "blocks": 1, "num_classes": 8}
+        helper.set_model_props(model, onnx_model.metadata(arch, "x", None, 32, 18))
+        other = tmp_path / "other.onnx"
+        other.write_bytes(model.SerializeToString())
+        cases.append((["--ckpt", thesis_ckpt, "--mode", "onnx", "--onnx", str(other)],
+                      f"--onnx {other}: a convnext_tiny (1 block(s)) at 32 px, not the resnet50 (1 block(s)) at 32 px"))
+    for argv, message in cases:
+        with pytest.raises(data.UserError, match=re.escape(message)):
+            run_main(tmp_path, *argv)
+    assert not (tmp_path / "benchmark.json").exists()

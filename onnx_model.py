@@ -1,0 +1,201 @@
+"""ONNX export and ONNX Runtime inference: the exported-model format.
+
+export.py writes it; models.load_model reads a `.onnx` path through this file, so predict.py, evaluate.py and
+ensemble_tta.py run an exported model through the same code as a checkpoint, and benchmark.py times it beside
+eager and the fast path. An exported model takes float32 images [N, 3, S, S] (RGB, scaled to 0-1, then
+normalised with the stored mean and std) and returns float32 logits [N, num_classes]; N is a dynamic axis.
+Its metadata holds what a deployment needs to preprocess and label: classes, image size, mean, std, the
+experiment id, the architecture and the checkpoint's metrics.
+
+The extras (onnx, onnxruntime, onnxscript for torch.onnx's exporter) are in requirements-onnx.txt.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+import data
+import models
+
+FORMAT = "fer-onnx"
+VERSION = 1
+# Opset 18: what torch.onnx's exporter emits natively (no version conversion step) and what every ONNX Runtime
+# release since 1.14 runs.
+OPSET = 18
+INSTALL_HINT = "pip install -r requirements-onnx.txt"
+# Agreement with eager float32 PyTorch: max |logit diff| <= TOLERANCE * max(1, largest |eager logit|). The
+# scaling keeps the bound relative for models with large logits (float32 rounding grows with magnitude). ONNX
+# Runtime folds BatchNorm into the convolutions and runs other kernels, so deep BatchNorm nets differ by up to
+# ~1e-4 of their largest logit (random ResNet50s with statistics from random images came within 2.5e-4); 1e-3
+# leaves room for that and still catches a wrong export, whose logits are off by whole units, while moving
+# no probability by more than ~0.1 %.
+TOLERANCE = 1e-3
+INPUT_NAME, OUTPUT_NAME = "images", "logits"
+
+
+def require(feature: str, modules: Sequence[str] = ("onnx", "onnxruntime")) -> list[Any]:
+    """The given packages, imported; a one-line UserError naming `feature` and the install command when one is
+    missing."""
+    found = []
+    for name in modules:
+        try:
+            found.append(importlib.import_module(name))
+        except ImportError:
+            raise data.UserError(f"{feature} needs {name}: {INSTALL_HINT}") from None
+    return found
+
+
+def metadata(arch: dict, experiment: str | None, metrics: dict | None, img_size: int, opset: int) -> dict[str, str]:
+    """The metadata_props of an exported model (ONNX stores strings, so lists and dicts are JSON)."""
+    classes = list(models.arch_classes(arch))
+    return {
+        "format": FORMAT, "version": str(VERSION),
+        "model": arch["name"], "blocks": str(int(arch.get("blocks", 1))), "num_classes": str(int(arch["num_classes"])),
+        "classes": json.dumps(classes), "img_size": str(img_size),
+        "mean": json.dumps(list(data.IMAGENET_MEAN)), "std": json.dumps(list(data.IMAGENET_STD)),
+        "input": f"{INPUT_NAME}: float32 [N, 3, {img_size}, {img_size}], RGB scaled to 0-1, then (x - mean) / std",
+        "output": f"{OUTPUT_NAME}: float32 [N, {len(classes)}], one logit per class in the order of 'classes'",
+        "experiment": experiment or "", "metrics": json.dumps(metrics or {}),
+        "opset": str(opset), "torch_version": torch.__version__,
+    }
+
+
+def export_bytes(model: nn.Module, arch: dict, experiment: str | None, metrics: dict | None, img_size: int,
+                 opset: int = OPSET) -> bytes:
+    """A float32 CPU model as a serialised ONNX model with a dynamic batch axis and our metadata."""
+    onnx, _, _ = require("ONNX export", ("onnx", "onnxruntime", "onnxscript"))
+    # Batch 2, not 1: torch.export specialises a dimension whose example size is 1.
+    example = torch.zeros(2, 3, img_size, img_size)
+    try:
+        # torch.export's exporter (dynamo=True, the supported one; the TorchScript exporter is deprecated).
+        # external_data=False: one self-contained file, since our models are far below protobuf's 2 GB limit.
+        program = torch.onnx.export(model, (example,), dynamo=True, input_names=[INPUT_NAME],
+                                    output_names=[OUTPUT_NAME], dynamic_shapes=({0: torch.export.Dim("batch")},),
+                                    opset_version=opset, external_data=False, optimize=True, verbose=False)
+    except Exception as err:  # exporter failures come in many types; all mean "this model did not export"
+        text = " ".join(str(err).split())[:300]
+        raise data.UserError(f"torch.onnx.export failed for {arch['name']} at opset {opset}: {text}") from None
+    proto = program.model_proto
+    onnx.helper.set_model_props(proto, metadata(arch, experiment, metrics, img_size, opset))
+    return proto.SerializeToString()
+
+
+class OnnxModel(nn.Module):
+    """An exported model run by ONNX Runtime, callable like the PyTorch model: logits = model(images).
+
+    A module without parameters, so code written for checkpoints (eval(), predict_logits, forward_views) runs
+    it unchanged. Inputs are copied to the CPU as float32 NumPy and the logits come back on the input's device.
+    """
+
+    def __init__(self, source: str | os.PathLike | bytes, device: torch.device | str = "cpu",
+                 threads: int | None = None) -> None:
+        super().__init__()
+        _, ort = require("an .onnx model")
+        device = torch.device(device)
+        options = ort.SessionOptions()
+        # As many intra-op threads as torch uses, so eager, fast and ONNX Runtime rows share one budget.
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only: its warnings about unused initializers are noise
+        providers = ["CPUExecutionProvider"]
+        if device.type == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise data.UserError(f"--device {device}: this ONNX Runtime has no CUDA provider (available: "
+                                     f"{', '.join(ort.get_available_providers())}); pip install onnxruntime-gpu, "
+                                     "or use --device cpu")
+            providers.insert(0, "CUDAExecutionProvider")
+        name = "model bytes" if isinstance(source, bytes) else str(source)
+        if not isinstance(source, bytes):
+            if not Path(source).is_file():
+                raise data.UserError(f"{source}: file not found")
+            source = str(source)
+        try:
+            self.session = ort.InferenceSession(source, sess_options=options, providers=providers)
+        except Exception as err:  # ONNX Runtime raises its own exception types for unreadable models
+            raise data.UserError(f"{name}: not a readable ONNX model ({' '.join(str(err).split())[:200]})") from None
+        self.props = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.input_name = self.session.get_inputs()[0].name
+        self.runtime = (f"ONNX Runtime {ort.__version__} {self.session.get_providers()[0]}, "
+                        f"{options.intra_op_num_threads} intra-op threads")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Float32 logits [B, C] on x's device for images [B, 3, S, S]."""
+        images = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        (logits,) = self.session.run(None, {self.input_name: images})
+        return torch.from_numpy(logits).to(x.device)
+
+
+def meta_of(model: OnnxModel, path: str | os.PathLike) -> dict:
+    """{arch, experiment, metrics} from an exported model's metadata, shaped like models.load_model's meta."""
+    props = model.props
+    if props.get("format") != FORMAT:
+        raise data.UserError(f"{path}: an ONNX model without our metadata (no 'format': '{FORMAT}' entry); "
+                             "export it with export.py")
+    if props.get("version") != str(VERSION):
+        raise data.UserError(f"{path}: exported-model version {props.get('version')!r}, this code reads {VERSION}")
+    try:
+        arch = {"name": props["model"], "blocks": int(props["blocks"]), "num_classes": int(props["num_classes"]),
+                "img_size": int(props["img_size"]), "classes": json.loads(props["classes"])}
+        extra = {"mean": json.loads(props["mean"]), "std": json.loads(props["std"]),
+                 "opset": int(props["opset"]), "metrics": json.loads(props.get("metrics") or "{}")}
+    except (KeyError, ValueError) as err:
+        raise data.UserError(f"{path}: damaged metadata ({type(err).__name__}: {err})") from None
+    return {"arch": arch, "experiment": props.get("experiment") or None, "metrics": extra["metrics"] or None,
+            "mean": extra["mean"], "std": extra["std"], "opset": extra["opset"], "runtime": model.runtime}
+
+
+def load(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[OnnxModel, dict]:
+    """An exported model and its meta {arch, experiment, metrics, ...}, as models.load_model returns them."""
+    model = OnnxModel(path, device)
+    return model.eval(), meta_of(model, path)
+
+
+def compare(reference: torch.Tensor, other: torch.Tensor, tolerance: float = TOLERANCE) -> dict[str, Any]:
+    """How far two logit tensors [N, C] are apart: max |diff|, the bound it must stay under, argmax agreement.
+
+    An argmax that differs counts as a disagreement only where the reference's top two logits are further apart
+    than the bound: a near-tie may flip within float32 rounding, which says nothing about the export.
+    """
+    reference, other = reference.double(), other.double()
+    bound = tolerance * max(1.0, reference.abs().max().item())
+    diff = (reference - other).abs().max().item()
+    differs = reference.argmax(1) != other.argmax(1)
+    top2 = reference.topk(2, dim=1).values if reference.shape[1] > 1 else reference.repeat(1, 2)
+    real = differs & ((top2[:, 0] - top2[:, 1]) > bound)
+    return {"n": reference.shape[0], "max_abs_diff": diff, "bound": bound, "argmax_agree": int((~differs).sum()),
+            "argmax_real_disagree": int(real.sum()), "ok": diff <= bound and not bool(real.any())}
+
+
+def describe(check: dict[str, Any]) -> str:
+    """'max |logit diff| 1.2e-06 (bound 1.0e-04), argmax agrees on 16/16' for a compare() result."""
+    text = (f"max |logit diff| {check['max_abs_diff']:.1e} (bound {check['bound']:.1e}), "
+            f"argmax agrees on {check['argmax_agree']}/{check['n']}")
+    if check["argmax_real_disagree"]:
+        text += f", {check['argmax_real_disagree']} beyond a near-tie"
+    return text
+
+
+def random_inputs(img_size: int, seed: int = 0, sizes: Sequence[int] = (1, 3, 4)) -> list[torch.Tensor]:
+    """Normal random image batches (the scale of normalised images) of several batch sizes, to exercise the
+    dynamic batch axis."""
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, 3, img_size, img_size, generator=generator) for n in sizes]
+
+
+def logits_of(model: nn.Module, batches: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Float32 logits of every batch, concatenated."""
+    with torch.inference_mode():
+        return torch.cat([model(x).float() for x in batches])
+
+
+def verify(model: nn.Module, exported: OnnxModel, img_size: int, seed: int = 0) -> dict[str, Any]:
+    """compare() of eager PyTorch and ONNX Runtime on random batches of 1, 3 and 4 images."""
+    batches = random_inputs(img_size, seed)
+    return compare(logits_of(model, batches), logits_of(exported, batches))
+
