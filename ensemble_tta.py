@@ -6,7 +6,9 @@
 Averages the logits of the checkpoints (and, with hflip, of each image and its mirror) and writes the same
 report as evaluate.py. --table runs every checkpoint once over both views, then scores the four Table 6
 configurations from those cached logits: DIR/rescue_table.csv, DIR/rescue_table.md, and one full report
-per configuration in DIR/<configuration folder>/ (--tta is not used then).
+per configuration in DIR/<configuration folder>/ (--tta is not used then). --logit-adjust TAU adjusts the
+ensemble's logits; with --table it leaves the four thesis rows as they are and adds a fifth: the single
+checkpoint, no TTA, logit-adjusted.
 """
 import argparse
 import csv
@@ -24,6 +26,8 @@ CONFIGURATIONS = (
     ("checkpoint ensemble, no TTA", "ensemble_no_tta", None, False),
     ("checkpoint ensemble + h-flip TTA", "ensemble_hflip", None, True),
 )
+# The row --logit-adjust adds to the table (not in the thesis): the single checkpoint, no TTA, adjusted.
+LOGIT_ADJUSTED = ("single checkpoint, logit adjustment", "single_logit_adjusted", 1, False)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -40,29 +44,41 @@ def main(args: argparse.Namespace) -> None:
     if args.table and len(args.ckpt) < 2:
         raise data.UserError("--table compares a single checkpoint with an ensemble: give two or more --ckpt")
     hflip = args.table or args.tta == "hflip"
+    tau = args.logit_adjust
     val = evaluate.infer_checkpoints(args.ckpt, args.val_csv, args.data_root, args.batch_size, args.workers,
-                                    args.device, args.amp, hflip)
+                                     args.device, args.amp, hflip, priors=bool(tau))
     if not args.table:
-        result = evaluate.report_logits(args.out, val.average(hflip=hflip), val, val.title(hflip=hflip))
+        result = evaluate.report_logits(args.out, val.average(hflip=hflip, tau=tau), val,
+                                        val.title(hflip=hflip, tau=tau))
         print(metrics.format_table(result))
         print(f"report written to {args.out}")
         return
 
+    configurations = [(*c, 0.0) for c in CONFIGURATIONS]
+    if tau:
+        configurations.append((*LOGIT_ADJUSTED, tau))
     rows = []
-    for name, folder, count, flip in CONFIGURATIONS:
-        result = evaluate.report_logits(os.path.join(args.out, folder), val.average(count, flip), val,
-                                       val.title(count, flip))
-        thesis_acc, thesis_f1 = metrics.THESIS_RESCUE[name]
-        rows.append([name, result["accuracy"], result["macro_f1"], thesis_acc, thesis_f1, folder])
+    for name, folder, count, flip, adjust in configurations:
+        result = evaluate.report_logits(os.path.join(args.out, folder), val.average(count, flip, adjust), val,
+                                        val.title(count, flip, adjust))
+        name = f"{name} (tau {adjust:g})" if adjust else name
+        thesis_acc, thesis_f1 = metrics.THESIS_RESCUE.get(name, (None, None))
+        rows.append([name, result["accuracy"], result["macro_f1"], thesis_acc, thesis_f1, folder, result["ci95"]])
     with data.atomic_write(os.path.join(args.out, "rescue_table.csv")) as f:
         writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["configuration", "accuracy", "macro_f1", "thesis_accuracy", "thesis_macro_f1", "report"])
-        writer.writerows([name, *(f"{v:.6f}" for v in values), folder] for name, *values, folder in rows)
+        writer.writerow(["configuration", "accuracy", "macro_f1", "thesis_accuracy", "thesis_macro_f1", "report",
+                         "accuracy_ci95_lo", "accuracy_ci95_hi", "macro_f1_ci95_lo", "macro_f1_ci95_hi"])
+        writer.writerows([name, *("" if v is None else f"{v:.6f}" for v in values), folder,
+                          *(f"{v:.6f}" for v in ci["accuracy"] + ci["macro_f1"])]
+                         for name, *values, folder, ci in rows)
     lines = [f"Single checkpoint: {val.names[0]}. Ensemble: {' + '.join(val.names)} (mean of logits). "
-             f"Validation set: {args.val_csv} ({len(val.samples)} images).", "",
+             f"Validation set: {args.val_csv} ({len(val.samples)} images). Brackets: 95 % bootstrap intervals.", "",
              "| Configuration | Accuracy | Macro-F1 | Thesis accuracy | Thesis macro-F1 | Report |",
              "|---|---|---|---|---|---|"]
-    lines += [f"| {row[0]} | {' | '.join(f'{v:.4f}' for v in row[1:5])} | [{row[5]}/]({row[5]}/) |" for row in rows]
+    for name, acc, f1, thesis_acc, thesis_f1, folder, ci in rows:
+        thesis = " | ".join("-" if v is None else f"{v:.4f}" for v in (thesis_acc, thesis_f1))
+        lines.append(f"| {name} | {acc:.4f} {metrics.fmt_interval(ci['accuracy'])} | "
+                     f"{f1:.4f} {metrics.fmt_interval(ci['macro_f1'])} | {thesis} | [{folder}/]({folder}/) |")
     with data.atomic_write(os.path.join(args.out, "rescue_table.md")) as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -1,17 +1,26 @@
-"""Evaluate a checkpoint on the validation set, or re-score a saved predictions file.
+"""Evaluate a checkpoint on the validation set, re-score a saved predictions file, or compare two of either.
 
     python evaluate.py --ckpt results/EXP/best.pt --val-csv val.csv [--tta hflip] --out results/EXP/eval
     python evaluate.py --predictions results/EXP/predictions.csv --out rescored/
+    python evaluate.py --predictions A.csv --compare B.csv [--out DIR]
+    python evaluate.py --ckpt A.pt --compare B.pt --val-csv val.csv [--out DIR]
 
-Writes metrics.json, per_class.csv, confusion_matrix[_normalized].csv/.png (and predictions.csv with --ckpt),
-and prints the per-class table of thesis Tables 9/10 with accuracy and macro-F1.
+Writes metrics.json (with 95 % bootstrap intervals), per_class.csv, confusion_matrix[_normalized].csv/.png (and
+predictions.csv with --ckpt), and prints the per-class table of thesis Tables 9/10 with accuracy and macro-F1.
+--compare is a paired test on the same images (matched by path): A - B in accuracy and macro-F1 with 95 %
+paired-bootstrap intervals and p-values, and McNemar's exact test; printed, and written to DIR/comparison.json.
+--logit-adjust TAU subtracts TAU x log(training class frequency) from the logits (the counts come from the
+checkpoint): the post-hoc correction for scoring a model trained on imbalanced data on a balanced set.
 """
 import argparse
+import json
+import math
 import os
 import sys
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 
 import data
@@ -21,7 +30,7 @@ import models
 
 # --- The evaluation pipeline (ensemble_tta.py uses it too) ---
 
-def add_eval_args(parser: argparse.ArgumentParser, require_val: bool) -> None:
+def add_eval_args(parser: argparse.ArgumentParser, require_val: bool, require_out: bool = True) -> None:
     """The validation-set and inference flags common to evaluate.py and ensemble_tta.py."""
     parser.add_argument("--val-csv", required=require_val, help="validation index CSV (path,label[,face box])")
     parser.add_argument("--data-root", default=None, help="folder relative image paths start from (default: the CSV's)")
@@ -32,7 +41,39 @@ def add_eval_args(parser: argparse.ArgumentParser, require_val: bool) -> None:
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
                         help="float16 autocast on CUDA (default: on)")
-    parser.add_argument("--out", required=True, help="folder for the report files")
+    parser.add_argument("--logit-adjust", type=tau_value, default=0.0, metavar="TAU",
+                        help="subtract TAU x log(training class frequency) from the logits (default: 0 = off; "
+                             "1 is the textbook value); needs a checkpoint that records its training class counts")
+    parser.add_argument("--out", required=require_out, help="folder for the report files")
+
+
+def tau_value(text: str) -> float:
+    """argparse type of --logit-adjust: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def log_prior(arch: dict, path: str, classes: Sequence[str] | None = None) -> torch.Tensor:
+    """log of the training class frequencies a checkpoint records (arch["class_counts"], in arch["classes"]
+    order), in `classes` order when given: 0 for a class the model lacks (its logit is -inf anyway)."""
+    counts, model_classes = arch.get("class_counts"), models.arch_classes(arch)
+    if not isinstance(counts, (list, tuple)) or len(counts) != len(model_classes):
+        raise data.UserError(f"{path}: the checkpoint records no training class counts, which --logit-adjust needs "
+                             "(checkpoints of an older train.py lack them: retrain, or leave --logit-adjust off)")
+    empty = [name for name, n in zip(model_classes, counts) if n <= 0]
+    if empty:
+        raise data.UserError(f"{path}: no training images of class {', '.join(empty)}: log prior undefined, "
+                             "--logit-adjust cannot be used")
+    counts = torch.tensor(counts, dtype=torch.float64)
+    logs = (counts / counts.sum()).log().float()
+    if classes is None:
+        return logs
+    return torch.stack([logs[model_classes.index(c)] if c in model_classes else logs.new_zeros(()) for c in classes])
 
 
 @dataclass
@@ -44,23 +85,32 @@ class ValLogits:
     samples: list[data.Sample]
     classes: list[str]
     names: list[str]  # experiment name of each checkpoint
+    log_priors: torch.Tensor | None = None  # [K, C] log training-class frequencies, when asked for
 
-    def average(self, count: int | None = None, hflip: bool = False) -> torch.Tensor:
-        """Mean logits of the first `count` checkpoints (all when None), over both views when hflip."""
+    def average(self, count: int | None = None, hflip: bool = False, tau: float = 0.0) -> torch.Tensor:
+        """Mean logits of the first `count` checkpoints (all when None), over both views when hflip, minus
+        tau x log prior (each checkpoint's own prior, averaged like the logits)."""
         count = len(self.plain) if count is None else count
         if not hflip:
-            return torch.stack(self.plain[:count]).mean(dim=0)
-        if self.flipped is None:
-            raise ValueError("mirrored logits were not computed (pass hflip=True to infer_checkpoints)")
-        # Views first, then checkpoints: a checkpoint ensembled with itself then gives exactly its own logits.
-        views = [torch.stack([p, f]).mean(dim=0) for p, f in zip(self.plain[:count], self.flipped[:count])]
-        return torch.stack(views).mean(dim=0)
+            mean = torch.stack(self.plain[:count]).mean(dim=0)
+        else:
+            if self.flipped is None:
+                raise ValueError("mirrored logits were not computed (pass hflip=True to infer_checkpoints)")
+            # Views first, then checkpoints: a checkpoint ensembled with itself then gives exactly its own logits.
+            views = [torch.stack([p, f]).mean(dim=0) for p, f in zip(self.plain[:count], self.flipped[:count])]
+            mean = torch.stack(views).mean(dim=0)
+        if not tau:
+            return mean
+        if self.log_priors is None:
+            raise ValueError("training priors were not loaded (pass priors=True to infer_checkpoints)")
+        return mean - tau * self.log_priors[:count].mean(dim=0)
 
-    def title(self, count: int | None = None, hflip: bool = False) -> str:
-        """Report title naming the checkpoints and the TTA."""
+    def title(self, count: int | None = None, hflip: bool = False, tau: float = 0.0) -> str:
+        """Report title naming the checkpoints, the TTA and the logit adjustment."""
         names = self.names[:len(self.plain) if count is None else count]
         prefix = f"ensemble of {len(names)}: " if len(names) > 1 else ""
-        return f"{prefix}{' + '.join(names)}, {'h-flip' if hflip else 'no'} TTA"
+        adjusted = f", logit adjustment tau {tau:g}" if tau else ""
+        return f"{prefix}{' + '.join(names)}, {'h-flip' if hflip else 'no'} TTA{adjusted}"
 
 
 def align_classes(logits: torch.Tensor, model_classes: Sequence[str], data_classes: Sequence[str],
@@ -86,9 +136,11 @@ def align_classes(logits: torch.Tensor, model_classes: Sequence[str], data_class
 
 
 def infer_checkpoints(ckpts: Sequence[str], val_csv: str, data_root: str | None = None, batch_size: int = 128,
-                      workers: int = 0, device: str = "auto", amp: bool = True, hflip: bool = False) -> ValLogits:
+                      workers: int = 0, device: str = "auto", amp: bool = True, hflip: bool = False,
+                      priors: bool = False) -> ValLogits:
     """Validation logits of checkpoints that share classes and image size (one pass per checkpoint, both views),
-    in the validation CSV's class order."""
+    in the validation CSV's class order; with priors, also their log training-class frequencies (for logit
+    adjustment)."""
     classes = data.read_classes(val_csv)
     samples = data.read_index(val_csv, data_root)
     dev = models.resolve_device(device)
@@ -102,6 +154,8 @@ def infer_checkpoints(ckpts: Sequence[str], val_csv: str, data_root: str | None 
         if other_size != size:
             raise data.UserError(f"{path}: image size {other_size} px differs from {ckpts[0]}'s {size} px; "
                                  "ensembled checkpoints need the same image size")
+    # Before inference, so a checkpoint without counts fails in seconds.
+    log_priors = torch.stack([log_prior(meta["arch"], path, classes) for path, _, meta in loaded]) if priors else None
     loader = data.make_loader(data.FaceDataset(samples, img_size=size), batch_size=batch_size,
                               workers=workers)
     plain, flipped, labels = [], [], None
@@ -111,7 +165,7 @@ def infer_checkpoints(ckpts: Sequence[str], val_csv: str, data_root: str | None 
         plain.append(align_classes(logits, model_classes, classes, path))
         flipped.append(None if mirrored is None else align_classes(mirrored, model_classes, classes, path))
     names = [meta.get("experiment") or os.path.splitext(os.path.basename(path))[0] for path, _, meta in loaded]
-    return ValLogits(plain, flipped if hflip else None, labels, samples, list(classes), names)
+    return ValLogits(plain, flipped if hflip else None, labels, samples, list(classes), names, log_priors)
 
 
 def report_logits(out_dir: str, logits: torch.Tensor, val: ValLogits, title: str) -> dict:
@@ -132,22 +186,60 @@ def get_args_parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--ckpt", help="checkpoint written by train.py (image size and classes come from it)")
     source.add_argument("--predictions", help="predictions.csv (path,label,pred[,prob_<class>...]) to re-score")
-    add_eval_args(parser, require_val=False)
+    parser.add_argument("--compare", metavar="B", help="paired comparison of --ckpt / --predictions (A) with this "
+                                                       "second checkpoint / predictions file (B) on the same images")
+    add_eval_args(parser, require_val=False, require_out=False)
     return parser
 
 
+def compared_predictions(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str], str, str]:
+    """Labels, A's and B's predictions on the same images, class names and the two sides' names (--compare)."""
+    if args.predictions:
+        labels, preds, classes = metrics.align_predictions([args.predictions, args.compare])
+        return labels, preds[0], preds[1], list(classes), args.predictions, args.compare
+    hflip, sides = args.tta == "hflip", []
+    if args.logit_adjust:  # both checked before either runs inference
+        for path in (args.ckpt, args.compare):
+            log_prior(models.load_model(path)[1]["arch"], path)  # load_model: also reads an exported .onnx
+    for path in (args.ckpt, args.compare):
+        # One at a time: compared checkpoints may differ in image size, unlike an ensemble's.
+        val = infer_checkpoints([path], args.val_csv, args.data_root, args.batch_size, args.workers, args.device,
+                                args.amp, hflip, priors=bool(args.logit_adjust))
+        sides.append((val, val.average(hflip=hflip, tau=args.logit_adjust).argmax(dim=1).numpy()))
+    (val_a, preds_a), (val_b, preds_b) = sides  # both in the validation CSV's classes
+    return (val_a.labels.numpy(), preds_a, preds_b, val_a.classes,
+            f"{args.ckpt} ({val_a.title(hflip=hflip, tau=args.logit_adjust)})",
+            f"{args.compare} ({val_b.title(hflip=hflip, tau=args.logit_adjust)})")
+
+
 def main(args: argparse.Namespace) -> None:
+    if args.predictions and args.logit_adjust:
+        raise data.UserError("--logit-adjust needs the training class counts a checkpoint records; a predictions "
+                             "file has none: use --ckpt")
+    if args.ckpt and not args.val_csv:
+        raise data.UserError("--val-csv is required with --ckpt")
+    if args.compare:
+        labels, preds_a, preds_b, classes, name_a, name_b = compared_predictions(args)
+        result = metrics.compare(labels, preds_a, preds_b, len(classes))
+        print(metrics.format_comparison(result, name_a, name_b))
+        if args.out:
+            with data.atomic_write(os.path.join(args.out, "comparison.json")) as f:
+                json.dump(result | {"a": name_a, "b": name_b}, f, indent=2)
+                f.write("\n")
+            print(f"comparison written to {os.path.join(args.out, 'comparison.json')}")
+        return
+    if not args.out:
+        raise data.UserError("--out is required (it is optional only with --compare)")
     if args.predictions:
         _, labels, preds, classes = metrics.read_predictions(args.predictions)
         result = metrics.compute_metrics(labels, preds, classes)
         metrics.write_report(args.out, result, classes, title=f"re-scored {args.predictions}")
     else:
-        if not args.val_csv:
-            raise data.UserError("--val-csv is required with --ckpt")
         hflip = args.tta == "hflip"
         val = infer_checkpoints([args.ckpt], args.val_csv, args.data_root, args.batch_size, args.workers,
-                                        args.device, args.amp, hflip)
-        result = report_logits(args.out, val.average(hflip=hflip), val, val.title(hflip=hflip))
+                                args.device, args.amp, hflip, priors=bool(args.logit_adjust))
+        result = report_logits(args.out, val.average(hflip=hflip, tau=args.logit_adjust), val,
+                               val.title(hflip=hflip, tau=args.logit_adjust))
     print(metrics.format_table(result))
     print(f"report written to {args.out}")
 

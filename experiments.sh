@@ -5,9 +5,10 @@
 #
 #   bash experiments.sh --train-csv train.csv --val-csv val.csv [--data-root DIR] [--results DIR]
 #   bash experiments.sh --demo            # built-in synthetic set, CPU, small images, ~13 min on 2 cores
+#   bash experiments.sh ... --seeds 42,43,44   # every run once per seed, each seed in RESULTS/seed<N>/
 #
 # Every flag also reads from the environment (TRAIN_CSV, VAL_CSV, DATA_ROOT, RESULTS, EPOCHS,
-# DEVICE, WORKERS, BATCH_SIZE, IMG_SIZE, WEIGHTS). Re-running is safe: finished runs are skipped,
+# DEVICE, WORKERS, BATCH_SIZE, IMG_SIZE, WEIGHTS, SEEDS). Re-running is safe: finished runs are skipped,
 # an interrupted run resumes from its last.pt (mid-epoch too), a finished run whose settings changed
 # is an error, and a second experiments.sh on the same results folder refuses to start.
 # AffectNet's full release (whole photos + face boxes): crop the faces once first, then train on the
@@ -29,6 +30,7 @@ WORKERS=${WORKERS:-}
 BATCH_SIZE=${BATCH_SIZE:-}
 IMG_SIZE=${IMG_SIZE:-}
 WEIGHTS=${WEIGHTS:-}
+SEEDS=${SEEDS:-42}
 while [ $# -gt 0 ]; do
   case "$1" in
     --demo) DEMO=1 ;;
@@ -42,11 +44,18 @@ while [ $# -gt 0 ]; do
     --batch-size) BATCH_SIZE=$2; shift ;;
     --img-size) IMG_SIZE=$2; shift ;;
     --weights) WEIGHTS=$2; shift ;;
+    --seeds) SEEDS=$2; shift ;;
     -h|--help) usage 0 ;;
     *) echo "experiments.sh: error: unknown flag '$1'" >&2; usage 2 ;;
   esac
   shift
 done
+[[ "$SEEDS" =~ ^[0-9]+(,[0-9]+)*$ ]] || die "--seeds wants comma-separated integers such as 42,43,44, not '$SEEDS'"
+IFS=, read -r -a SEED_LIST <<< "$SEEDS"
+[ "$(printf '%s\n' "${SEED_LIST[@]}" | sort -u | wc -l)" -eq "${#SEED_LIST[@]}" ] || die "--seeds lists a seed twice: $SEEDS"
+# One seed: the runs go straight into RESULTS, as before. Several: each seed is a full results tree
+# RESULTS/seed<N>/ (runs and rescue); the benchmark (seed-independent) and the summary stay in RESULTS.
+seed_dir() { if [ "${#SEED_LIST[@]}" -gt 1 ]; then echo "$RESULTS/seed$1"; else echo "$RESULTS"; fi; }
 
 # Settings that differ between the demo and a real run. Everything else is the thesis recipe.
 BENCH_ARGS=()
@@ -112,25 +121,27 @@ EVAL_DATA=(--val-csv "$VAL_CSV" --device "$DEVICE")
 
 lr() { python -c "print(f'{$1 * $LR_SCALE:g}')"; }
 
-# One training run: skipped when finished (train.py --resume says so and exits 0), resumed when
-# interrupted, started fresh otherwise.
+# One training run, once per seed: skipped when finished (train.py --resume says so and exits 0),
+# resumed when interrupted, started fresh otherwise.
 run() {
   local id=$1; shift
-  local out="$RESULTS/$id" resume=()
-  [ -f "$out/last.pt" ] && resume=(--resume)
-  echo
-  echo "==> [$id] python train.py ${COMMON[*]} $* --experiment $id --out $out ${resume[*]}"
-  local status=0
-  python train.py "${COMMON[@]}" "$@" --experiment "$id" --out "$out" "${resume[@]}" || status=$?
-  case $status in
-    0) ;;
-    130|143) die "training run $id stopped by a signal; $out/last.pt is consistent: re-run this script to resume it" ;;
-    *) die "training run $id failed (see $out/train.log); re-run this script to resume it" ;;
-  esac
+  local seed out resume status
+  for seed in "${SEED_LIST[@]}"; do
+    out="$(seed_dir "$seed")/$id" resume=() status=0
+    [ -f "$out/last.pt" ] && resume=(--resume)
+    echo
+    echo "==> [$id, seed $seed] python train.py ${COMMON[*]} $* --seed $seed --experiment $id --out $out ${resume[*]}"
+    python train.py "${COMMON[@]}" "$@" --seed "$seed" --experiment "$id" --out "$out" "${resume[@]}" || status=$?
+    case $status in
+      0) ;;
+      130|143) die "training run $id stopped by a signal; $out/last.pt is consistent: re-run this script to resume it" ;;
+      *) die "training run $id failed (see $out/train.log); re-run this script to resume it" ;;
+    esac
+  done
 }
 
 START=$(date +%s)
-echo "==> results in $RESULTS (train: $TRAIN_CSV, val: $VAL_CSV, epochs: $EPOCHS, device: $DEVICE)"
+echo "==> results in $RESULTS (train: $TRAIN_CSV, val: $VAL_CSV, epochs: $EPOCHS, device: $DEVICE, seeds: $SEEDS)"
 
 # 1. The seven thesis runs, in the thesis's order.
 run baseline_resnet50_ce_run1                     --model resnet50 --loss ce --lr "$(lr 1e-4)"
@@ -146,19 +157,24 @@ RUN_IDS=(baseline_resnet50_ce_run1 convnext_tiny_baseline_ce_run1 convnext_tiny_
          convnext_tiny_transformer_focal_alpha_run1 convnext_tiny_baseline_focal_alpha_run1
          convnext_tiny_transformer_focal_alpha_run2 convnext_tiny_transformer_focal_alpha_ema_run3)
 
-# 2. Inference-side rescue (Table 6): ensemble and flip TTA on the two strongest hybrids.
-echo
-echo "==> rescue evaluation (Table 6)"
-# The first checkpoint is the "single best hybrid" of Table 6: the EMA run.
-python ensemble_tta.py --ckpt "$RESULTS/convnext_tiny_transformer_focal_alpha_ema_run3/best.pt" \
-  "$RESULTS/convnext_tiny_transformer_focal_alpha_run2/best.pt" "${EVAL_DATA[@]}" \
-  --table --out "$RESULTS/rescue" || die "rescue evaluation failed"
+# 2. Inference-side rescue (Table 6): ensemble and flip TTA on the two strongest hybrids, and the
+# single checkpoint with logit adjustment (tau 1, the textbook value), for every seed.
+for seed in "${SEED_LIST[@]}"; do
+  SEED_RESULTS=$(seed_dir "$seed")
+  echo
+  echo "==> rescue evaluation (Table 6), seed $seed"
+  # The first checkpoint is the "single best hybrid" of Table 6: the EMA run.
+  python ensemble_tta.py --ckpt "$SEED_RESULTS/convnext_tiny_transformer_focal_alpha_ema_run3/best.pt" \
+    "$SEED_RESULTS/convnext_tiny_transformer_focal_alpha_run2/best.pt" "${EVAL_DATA[@]}" \
+    --table --logit-adjust 1 --out "$SEED_RESULTS/rescue" || die "rescue evaluation failed"
+done
 
-# 3. Efficiency benchmark (Table 7) over the seven best checkpoints.
+# 3. Efficiency benchmark (Table 7) over the seven best checkpoints (of the first seed: the
+# architectures, and so the timings, are the same for every seed).
 echo
 echo "==> benchmark (Table 7)"
 BEST=()
-for id in "${RUN_IDS[@]}"; do BEST+=("$RESULTS/$id/best.pt"); done
+for id in "${RUN_IDS[@]}"; do BEST+=("$(seed_dir "${SEED_LIST[0]}")/$id/best.pt"); done
 python benchmark.py --ckpt "${BEST[@]}" --device "$DEVICE" "${BENCH_ARGS[@]}" --out "$RESULTS/benchmark" \
   || die "benchmark failed"
 

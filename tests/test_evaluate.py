@@ -123,8 +123,11 @@ def test_rescore_reproduces_hand_computed_metrics(tmp_path):
 
     assert f"Validation macro-F1: {want['macro_f1']:.4f}" in stdout
     assert f"Validation accuracy: {want['accuracy']:.4f}" in stdout
-    neutral = next(line for line in stdout.splitlines() if line.startswith("neutral")).split()
-    assert neutral[1:] == [f"{want[k][0]:.4f}" for k in ("precision", "recall", "f1")] + [str(want["support"][0])]
+    neutral = next(line for line in stdout.splitlines() if line.startswith("neutral"))
+    assert neutral.split()[1:5] == [f"{want[k][0]:.4f}" for k in ("precision", "recall", "f1")] + \
+        [str(want["support"][0])]
+    lo, hi = got["ci95"]["per_class_f1"]["neutral"]
+    assert neutral.endswith(f"[{lo:.4f}, {hi:.4f}]") and lo <= want["f1"][0] <= hi  # F1's 95 % interval
     with open(tmp_path / "out" / "confusion_matrix.csv", newline="") as f:
         rows = list(csv.reader(f))
     assert rows[0][1:] == list(data.AFFECTNET8) and [list(map(int, r[1:])) for r in rows[1:]] == MATRIX

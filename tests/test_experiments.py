@@ -1,6 +1,8 @@
 """experiments.sh: the whole pipeline on a tiny demo set, and its argument errors."""
 import fcntl
+import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -36,12 +38,35 @@ def test_demo_pipeline_writes_every_table(tmp_path: Path) -> None:
         assert f"| {run_id} |" in summary.split("## Table 7")[1]
         assert f"({run_id}/confusion_matrix.png)" in summary
     assert "## Table 6" in summary and "checkpoint ensemble + h-flip TTA" in summary
+    assert "| single checkpoint, logit adjustment (tau 1) |" in summary.split("## Table 6")[1]
     assert (results / "rescue").is_dir() and (results / "benchmark" / "benchmark.json").is_file()
+    # Intervals in the tables, and the thesis's comparisons tested: 5 run comparisons, 4 rescue ones.
+    assert " (0.5326) |" in summary and "] (0.5326)" in summary
+    comparisons = summary.split("## Do the thesis's comparisons hold here?")[1].split("##")[0]
+    assert len([line for line in comparisons.splitlines() if line.startswith("| ")]) == 1 + 5 + 4
+    assert "## Per-seed results" not in summary
 
-    # A second invocation finds every run finished and trains nothing.
-    again = run_script("--demo", env={"DEMO_DIR": str(demo_dir), "RESULTS": str(results), "EPOCHS": "1"})
+    # Two seeds, seed 42 already done (moved from above: a copy would cost GBs of checkpoints): the second
+    # invocation trains only seed 43.
+    seeds = tmp_path / "seeds"
+    (seeds / "seed42").mkdir(parents=True)
+    for run_id in RUN_IDS:
+        shutil.move(results / run_id, seeds / "seed42" / run_id)
+    again = run_script("--demo", "--seeds", "42,43",
+                       env={"DEMO_DIR": str(demo_dir), "RESULTS": str(seeds), "EPOCHS": "1"})
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stdout.count("this run already finished") == len(RUN_IDS)
+    for run_id in RUN_IDS:
+        config = json.loads((seeds / "seed43" / run_id / "config.json").read_text())
+        assert config["args"]["seed"] == 43
+    assert (seeds / "seed42" / "rescue" / "rescue_table.csv").is_file()
+    assert (seeds / "seed43" / "rescue" / "rescue_table.csv").is_file()
+    summary = (seeds / "summary.md").read_text()
+    assert "7 of 7 experiments finished on each of the 2 seeds" in summary
+    assert " ± " in summary.split("## Table 7")[1].split("##")[0]
+    per_seed = summary.split("## Per-seed results")[1].split("##")[0]
+    assert "Seed 42" in per_seed and "Seed 43" in per_seed and all(f"| {r} |" in per_seed for r in RUN_IDS)
+    assert "With 2 seeds, A - B is the mean over seeds" in summary
 
 
 def test_bad_arguments_fail_with_one_line(tmp_path: Path) -> None:

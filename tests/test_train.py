@@ -287,6 +287,8 @@ def test_predictions_csv_comes_from_the_best_checkpoint(runs, small):
     out = runs.base / "a"
     model, meta = models.load_model(out / "best.pt")
     assert meta["arch"]["img_size"] == 64
+    # The training class counts travel in the checkpoint (evaluate.py --logit-adjust reads them).
+    assert meta["arch"]["class_counts"] == data.class_counts(data.read_index(small["train"], small["root"]), 8)
     assert meta["metrics"]["epoch"] == json.loads((out / "summary.json").read_text())["best_epoch"]
     samples = data.read_index(small["val"], small["root"])
     loader = data.make_loader(data.FaceDataset(samples, 64), batch_size=8, workers=0)
