@@ -12,6 +12,7 @@ import io
 import json
 import math
 import multiprocessing
+import multiprocessing.pool
 import os
 import re
 import secrets
@@ -126,6 +127,19 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", durable: bool = True,
         if isinstance(cause, OSError) and not isinstance(err, UserError):
             raise write_error(path, cause) from None
         raise
+
+
+def process_pool(workers: int) -> multiprocessing.pool.Pool:
+    """A pool of worker processes, started by a fork server where there is one. Forking this process itself is
+    not safe once torch's thread pools run (a child can inherit a lock another thread held and wait on it
+    forever); the server imports this module once, so each worker starts with torch loaded. A fork server must
+    re-import the main script, so code run from stdin (`python - <<EOF`) keeps the platform default."""
+    main_file = getattr(sys.modules["__main__"], "__file__", None)
+    if "forkserver" in multiprocessing.get_all_start_methods() and (main_file is None or os.path.isfile(main_file)):
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["data", "demo"])
+        return context.Pool(workers)
+    return multiprocessing.Pool(workers)
 
 
 class Progress:
@@ -566,7 +580,7 @@ def check_index(csv_path: str | os.PathLike, data_root: str | os.PathLike | None
         print(f"decoding {len(present)} images on {os.cpu_count()} cores ...", flush=True)
         progress = Progress(len(present), "decode")
         failures = []
-        with multiprocessing.Pool(os.cpu_count()) as pool:
+        with process_pool(os.cpu_count() or 1) as pool:
             for problem in pool.imap(_decode_problem, ((s, img_size) for s in present), chunksize=32):
                 progress.step()
                 if problem:
@@ -717,7 +731,7 @@ def prepare(csv_path: str | os.PathLike, out_dir: str | os.PathLike, data_root: 
           flush=True)
     written, skipped, problems, failed = 0, 0, [], set()
     progress = Progress(len(jobs), "prepare", unit="images")
-    with multiprocessing.Pool(workers) as pool:
+    with process_pool(workers) as pool:
         # imap (ordered) so every result is matched to its row; chunks keep the inter-process traffic small.
         for i, outcome in enumerate(pool.imap(_prepare_one, jobs, chunksize=64)):
             if outcome == "skipped":

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import math
-import multiprocessing
 import os
 from pathlib import Path
 from typing import Callable
@@ -15,7 +14,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from data import AFFECTNET8, TABLE2_COUNTS, Progress, atomic_write, write_classes, write_index
+from data import AFFECTNET8, TABLE2_COUNTS, Progress, atomic_write, process_pool, write_classes, write_index
 
 # Face-frame units: u across (-1..1 = face half-width), v down (-1..1 = face half-height).
 # Per class: brow (inner end, outer end) vertical offset (+ = down), eye opening, mouth kind, mouth half-width,
@@ -193,7 +192,7 @@ def make_demo(out_dir: str | os.PathLike, seed: int = 42, min_train_per_class: i
                 jobs.append((out, rel, seed, split_id, label, i, image_size))
                 rows[split].append((rel, label))
     progress = Progress(len(jobs), "demo")
-    with multiprocessing.Pool(os.cpu_count()) as pool:
+    with process_pool(os.cpu_count() or 1) as pool:
         for _ in pool.imap_unordered(_demo_file, jobs, chunksize=16):
             progress.step()
     write_classes(out, AFFECTNET8)

@@ -65,6 +65,9 @@ def log_prior(arch: dict, path: str, classes: Sequence[str] | None = None) -> to
     if not isinstance(counts, (list, tuple)) or len(counts) != len(model_classes):
         raise data.UserError(f"{path}: the checkpoint records no training class counts, which --logit-adjust needs "
                              "(checkpoints of an older train.py lack them: retrain, or leave --logit-adjust off)")
+    if arch.get("sampler") == "balanced":
+        raise data.UserError(f"{path}: trained with --sampler balanced, which draws every class equally often: its "
+                             "training prior is uniform, so --logit-adjust has nothing to correct")
     empty = [name for name, n in zip(model_classes, counts) if n <= 0]
     if empty:
         raise data.UserError(f"{path}: no training images of class {', '.join(empty)}: log prior undefined, "

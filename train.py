@@ -734,7 +734,7 @@ def main(args: argparse.Namespace) -> None:
             train_model = torch.compile(train_model)
 
         arch = {"name": args.model, "blocks": args.blocks, "num_classes": len(classes), "img_size": args.img_size,
-                "classes": list(classes), "class_counts": counts}
+                "classes": list(classes), "class_counts": counts, "sampler": args.sampler}
         params = models.count_params(model)
 
         def save_last(progress: EpochProgress | None, val: dict | None = None) -> None:
@@ -808,6 +808,8 @@ def main(args: argparse.Namespace) -> None:
                     write_predictions(out, val, val_samples, logits, f"{args.experiment}, epoch {epoch}", classes)
                 write_history(out / "history.csv", run["history"])
                 save_last(None, val)
+                if run["finished"]:  # nothing resumes a finished run: its fallback only costs disk
+                    (out / "last.prev.pt").unlink(missing_ok=True)
                 write_json(out / "summary.json", {
                     "experiment": args.experiment, "model": args.model, "blocks": args.blocks,
                     "best_epoch": best["epoch"], "accuracy": best["accuracy"], "macro_f1": best["macro_f1"],

@@ -42,7 +42,8 @@ def save_ckpt(path: Path, name: str, blocks: int, classes: list[str], img_size: 
             module.momentum = None  # a plain average over the calibration batch
     with torch.no_grad():
         model.train()(torch.randn(32, 3, img_size, img_size))
-    arch = {"name": name, "blocks": blocks, "num_classes": len(classes), "img_size": img_size, "classes": classes}
+    arch = {"name": name, "blocks": blocks, "num_classes": len(classes), "img_size": img_size, "classes": classes,
+            "class_counts": list(range(5, 5 + len(classes))), "sampler": "shuffle"}
     models.save_checkpoint(path, model, arch, f"{name}_{blocks}_export_test", metrics={"accuracy": 0.25, "epoch": 3})
     return model.eval()
 
@@ -60,7 +61,8 @@ def test_round_trip_logits_argmax_and_metadata(tmp_path, name, blocks, classes):
     exported, meta = models.load_model(tmp_path / "model.onnx")  # the path every script takes
     assert isinstance(exported, onnx_model.OnnxModel)
     assert meta["arch"] == {"name": name, "blocks": blocks, "num_classes": len(classes), "img_size": 32,
-                            "classes": classes}
+                            "classes": classes, "class_counts": list(range(5, 5 + len(classes))),
+                            "sampler": "shuffle"}  # what --logit-adjust reads
     assert meta["experiment"] == f"{name}_{blocks}_export_test" and meta["metrics"] == {"accuracy": 0.25, "epoch": 3}
     assert (meta["mean"], meta["std"], meta["opset"]) == (list(data.IMAGENET_MEAN), list(data.IMAGENET_STD), 18)
     # A batch size the export's own check did not use: the batch axis is dynamic, the logits agree.

@@ -230,6 +230,9 @@ def test_logit_adjustment_removes_the_training_prior():
         evaluate.log_prior({"classes": list("abcd")}, "old.pt")
     with pytest.raises(data.UserError, match="z.pt: no training images of class c"):
         evaluate.log_prior({"classes": list("abcd"), "class_counts": [3, 1, 0, 2]}, "z.pt")
+    # A balanced sampler already showed the model a uniform prior: subtracting the data's would over-correct.
+    with pytest.raises(data.UserError, match="b.pt: trained with --sampler balanced"):
+        evaluate.log_prior({"classes": list("abcd"), "class_counts": counts, "sampler": "balanced"}, "b.pt")
 
 
 @pytest.fixture(scope="module")

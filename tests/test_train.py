@@ -32,7 +32,7 @@ RECIPE = ("--model", "resnet50", "--weights", "none", "--img-size", "64", "--bat
           "--clip-grad", "1.0", "--log-interval-s", "0")
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "val_loss", "val_accuracy", "val_macro_f1",
                   *(f"f1_{name}" for name in data.AFFECTNET8)]
-OUTPUTS = [".lock", "config.json", "history.csv", "train.log", "last.pt", "last.prev.pt", "best.pt", "summary.json",
+OUTPUTS = [".lock", "config.json", "history.csv", "train.log", "last.pt", "best.pt", "summary.json",
            "predictions.csv",
            "metrics.json", "per_class.csv", "confusion_matrix.csv", "confusion_matrix_normalized.csv",
            "confusion_matrix.png", "confusion_matrix_normalized.png"]
@@ -207,11 +207,15 @@ def test_the_number_of_loader_workers_does_not_change_the_numbers(runs):
 
 def test_a_truncated_last_pt_names_the_previous_checkpoint_which_resumes(runs, small, tmp_path):
     assert_ok(runs.result("a"))
+    assert_one_line_error(runs.result("nan"))
     reference = runs.base / "a"
+    assert not (reference / "last.prev.pt").exists()  # a finished run drops its fallback
     out = tmp_path / "run"
     out.mkdir()
-    shutil.copy(reference / "last.prev.pt", out / "last.prev.pt")  # what the save before the last one kept
-    (out / "last.pt").write_bytes((reference / "last.pt").read_bytes()[:1_000_000])  # a failing disk's last.pt
+    # Mid-run state: last.prev.pt from the save before (epoch 1: the NaN run stopped right after it, the same
+    # epoch 1 as run a's), and a last.pt that a failing disk cut short.
+    shutil.copy(runs.base / "nan" / "last.pt", out / "last.prev.pt")
+    (out / "last.pt").write_bytes((reference / "last.pt").read_bytes()[:1_000_000])
     with pytest.raises(data.UserError, match=r"last\.pt: truncated .*last\.prev\.pt \(epoch 1\) is intact: "
                                              r"resume from it with `mv "):
         train.main(train.get_args_parser().parse_args(command(small, out, "--resume")[1:]))
