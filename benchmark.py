@@ -16,8 +16,9 @@ as eager,onnx) their timed passes alternate in four chunks (each chunk in the re
 before), so all see the same machine.
 Each row also has the forward pass's matmul + convolution GFLOPs per image and the GFLOP/s achieved, beside
 the device's rate on one large matmul.
-Writes benchmark.json (one row per experiment x mode x batch size), benchmark.csv and benchmark.md
-(Table 7 layout, with the thesis's numbers beside ours for the seven thesis experiments).
+Writes benchmark.json (one row per experiment x mode x batch size), benchmark.csv, benchmark.md
+(Table 7 layout, with the thesis's numbers beside ours for the seven thesis experiments) and, for
+checkpoints, tradeoff.png (their validation macro-F1 against latency, beside the thesis's points).
 """
 import argparse
 import copy
@@ -31,11 +32,13 @@ import time
 from collections.abc import Callable
 
 import torch
+from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 import data
 import models
 import onnx_model
+import plots
 from metrics import THESIS_RUNS
 
 COLUMNS = ("experiment", "mode", "device", "device_name", "torch_version", "threads", "params", "params_m",
@@ -391,6 +394,20 @@ def write_outputs(out: str, rows: list[dict], batch_size: int) -> None:
         f.write(buffer.getvalue())
     with data.atomic_write(os.path.join(out, "benchmark.md")) as f:
         f.write(markdown(rows, batch_size))
+    if any(r["macro_f1"] is not None for r in rows):  # checkpoints carry their validation metrics
+        plots.save_png(os.path.join(out, "tradeoff.png"), tradeoff(rows, batch_size))
+
+
+def tradeoff(rows: list[dict], batch_size: int) -> Image.Image:
+    """Macro-F1 against latency at the main batch size: our rows (each mode) beside the thesis's Table 7."""
+    ours = [{"name": r["experiment"], "latency_ms": r["latency_ms"], "macro_f1": r["macro_f1"], "mode": r["mode"]}
+            for r in rows if r["batch_size"] == batch_size]
+    thesis = [{"name": name, "latency_ms": t[4], "macro_f1": t[2], "mode": "eager"} for name, t in THESIS_RUNS.items()]
+    names = list(dict.fromkeys([p["name"] for p in ours] + list(THESIS_RUNS)))
+    first = rows[0]
+    return plots.draw_tradeoff([(f"Ours: {first['device_name']}, {first['img_size']} px", ours),
+                                ("Thesis: NVIDIA H100 NVL, 224 px (eager)", thesis)], names,
+                               f"Macro-F1 against latency, batch {batch_size}")
 
 
 def main(args: argparse.Namespace) -> None:

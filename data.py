@@ -799,6 +799,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="size of the smallest training class")
     p.add_argument("--val-per-class", type=int_at_least(1), default=30)
     p.add_argument("--image-size", type=int_at_least(16), default=96)
+    p.add_argument("--balanced", action="store_true",
+                   help="every training class has --min-train-per-class images (default: Table 2's proportions)")
 
     p = sub.add_parser("prepare", help="crop every face once, ahead of training (full-release photos: always)")
     p.add_argument("--csv", required=True, help="index CSV with face boxes (e.g. from `data.py affectnet`)")
@@ -842,8 +844,8 @@ def main(args: argparse.Namespace) -> None:
         import demo  # the renderer; not needed by anything else in this file
 
         train_csv, val_csv = demo.make_demo(args.out, args.seed, args.min_train_per_class, args.val_per_class,
-                                            args.image_size)
-        counts = demo.demo_counts(args.min_train_per_class)
+                                            args.image_size, args.balanced)
+        counts = demo.demo_counts(args.min_train_per_class, args.balanced)
         print(f"wrote {train_csv} ({sum(counts)} images: " + ", ".join(f"{n} {c}" for n, c in zip(counts, AFFECTNET8))
               + f") and {val_csv} ({args.val_per_class * len(AFFECTNET8)} images) "
               f"in {time.perf_counter() - start:.1f}s")

@@ -33,8 +33,11 @@ _SKIN = np.array([[255, 224, 196], [241, 194, 160], [224, 172, 132], [198, 134, 
 _HAIR = np.array([[20, 16, 14], [70, 45, 28], [120, 80, 40], [200, 170, 110], [150, 150, 150], [110, 30, 20]])
 
 
-def demo_counts(min_train_per_class: int = 24) -> list[int]:
-    """Training images per class: Table 2 proportions scaled so the smallest class has min_train_per_class."""
+def demo_counts(min_train_per_class: int = 24, balanced: bool = False) -> list[int]:
+    """Training images per class: Table 2 proportions scaled so the smallest class has min_train_per_class
+    (balanced: min_train_per_class in every class)."""
+    if balanced:
+        return [min_train_per_class] * len(TABLE2_COUNTS)
     smallest = min(TABLE2_COUNTS)
     return [max(min_train_per_class, round(c * min_train_per_class / smallest)) for c in TABLE2_COUNTS]
 
@@ -180,10 +183,10 @@ def _demo_file(job: tuple[Path, str, int, int, int, int, int]) -> None:
 
 
 def make_demo(out_dir: str | os.PathLike, seed: int = 42, min_train_per_class: int = 24, val_per_class: int = 30,
-              image_size: int = 96) -> tuple[Path, Path]:
+              image_size: int = 96, balanced: bool = False) -> tuple[Path, Path]:
     """Write a deterministic synthetic demo set (JPEGs, classes.txt, train.csv, val.csv); returns both CSVs."""
     out = Path(out_dir)
-    splits = {"train": demo_counts(min_train_per_class), "val": [val_per_class] * len(AFFECTNET8)}
+    splits = {"train": demo_counts(min_train_per_class, balanced), "val": [val_per_class] * len(AFFECTNET8)}
     jobs, rows = [], {split: [] for split in splits}
     for split_id, (split, counts) in enumerate(splits.items()):
         for label, count in enumerate(counts):

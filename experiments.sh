@@ -4,11 +4,13 @@
 # the thesis's.
 #
 #   bash experiments.sh --train-csv train.csv --val-csv val.csv [--data-root DIR] [--results DIR]
-#   bash experiments.sh --demo            # built-in synthetic set, CPU, small images, ~13 min on 2 cores
+#   bash experiments.sh --demo            # built-in synthetic set, CPU, small images, ~5 min on 2 cores
 #   bash experiments.sh ... --seeds 42,43,44   # every run once per seed, each seed in RESULTS/seed<N>/
 #
 # Every flag also reads from the environment (TRAIN_CSV, VAL_CSV, DATA_ROOT, RESULTS, EPOCHS,
-# DEVICE, WORKERS, BATCH_SIZE, IMG_SIZE, WEIGHTS, SEEDS). Re-running is safe: finished runs are skipped,
+# DEVICE, WORKERS, BATCH_SIZE, IMG_SIZE, WEIGHTS, SEEDS). WEIGHTS is imagenet (default), none, or a
+# folder holding one torchvision state dict per backbone (resnet50.pt, convnext_tiny.pt); the demo
+# makes such a folder itself (see below). Re-running is safe: finished runs are skipped,
 # an interrupted run resumes from its last.pt (mid-epoch too), a finished run whose settings changed
 # is an error, and a second experiments.sh on the same results folder refuses to start.
 # AffectNet's full release (whole photos + face boxes): crop the faces once first, then train on the
@@ -65,17 +67,18 @@ if [ "$DEMO" = 1 ]; then
   TRAIN_CSV=${TRAIN_CSV:-$DEMO_DIR/train.csv}
   VAL_CSV=${VAL_CSV:-$DEMO_DIR/val.csv}
   RESULTS=${RESULTS:-results/demo}
-  EPOCHS=${EPOCHS:-4}
+  EPOCHS=${EPOCHS:-2}
   DEVICE=cpu
   WORKERS=${WORKERS:-0}  # on 2 cores a loader process competes with the 2 compute threads
-  BATCH_SIZE=${BATCH_SIZE:-16}
+  BATCH_SIZE=${BATCH_SIZE:-32}
   IMG_SIZE=${IMG_SIZE:-32}
-  WEIGHTS=${WEIGHTS:-none}
-  # From random initialisation the thesis's fine-tuning learning rates barely move the weights in a
-  # few epochs, so the demo scales every run's lr by the same factor (the ratios stay the thesis's)
-  # and warms every run up over half an epoch (run 3 keeps its own one-epoch warmup).
-  LR_SCALE=${LR_SCALE:-6}
-  DEMO_TRAIN_ARGS=(--warmup-epochs 0.5)
+  # A miniature of the thesis's setting: the seven runs fine-tune pretrained backbones with the thesis's own
+  # learning rates, warmup, EMA and clipping. Their "ImageNet" is a separate, larger and balanced synthetic set
+  # (its own seed, none of the demo's images) that each backbone is first trained on from random init.
+  PRETRAIN_DIR=${PRETRAIN_DIR:-$DEMO_DIR/pretrain}
+  PRETRAIN_PER_CLASS=${PRETRAIN_PER_CLASS:-1000}
+  PRETRAIN_EPOCHS=${PRETRAIN_EPOCHS:-3}
+  WEIGHTS=${WEIGHTS:-$PRETRAIN_DIR/backbones}
   BENCH_ARGS=(--warmup 5 --iters 20 --mode eager)
 else
   [ -n "$TRAIN_CSV" ] || die "no training CSV: pass --train-csv FILE or set TRAIN_CSV (or run with --demo)"
@@ -85,7 +88,6 @@ else
   BATCH_SIZE=${BATCH_SIZE:-128}
   IMG_SIZE=${IMG_SIZE:-224}
   WEIGHTS=${WEIGHTS:-imagenet}
-  LR_SCALE=${LR_SCALE:-1}
   BENCH_ARGS=(--mode both)
 fi
 
@@ -112,46 +114,82 @@ fi
 [ -f "$VAL_CSV" ] || die "validation CSV not found: $VAL_CSV"
 
 COMMON=(--train-csv "$TRAIN_CSV" --val-csv "$VAL_CSV" --epochs "$EPOCHS" --batch-size "$BATCH_SIZE"
-        --img-size "$IMG_SIZE" --weights "$WEIGHTS" --device "$DEVICE" "${DEMO_TRAIN_ARGS[@]}")
+        --img-size "$IMG_SIZE" --device "$DEVICE")
 [ -n "$DATA_ROOT" ] && COMMON+=(--data-root "$DATA_ROOT")
 [ -n "$WORKERS" ] && COMMON+=(--workers "$WORKERS")
 EVAL_DATA=(--val-csv "$VAL_CSV" --device "$DEVICE")
 [ -n "$DATA_ROOT" ] && EVAL_DATA+=(--data-root "$DATA_ROOT")
 [ -n "$WORKERS" ] && EVAL_DATA+=(--workers "$WORKERS")
 
-lr() { python -c "print(f'{$1 * $LR_SCALE:g}')"; }
+# --weights for a backbone: imagenet / none as they are, or that backbone's file in the WEIGHTS folder.
+case $WEIGHTS in
+  imagenet|none) weights() { echo "$WEIGHTS"; } ;;
+  *) [ ! -f "$WEIGHTS" ] || die "--weights wants imagenet, none or a folder holding resnet50.pt and convnext_tiny.pt (torchvision state dicts), not the file $WEIGHTS"
+     weights() { echo "$WEIGHTS/$1.pt"; } ;;
+esac
 
-# One training run, once per seed: skipped when finished (train.py --resume says so and exits 0),
-# resumed when interrupted, started fresh otherwise.
+# One train.py run into a folder: skipped when finished (train.py --resume says so and exits 0), resumed
+# when interrupted, started fresh otherwise. $1 = what to call it in messages, $2 = the folder.
+train() {
+  local name=$1 out=$2; shift 2
+  local resume=() status=0
+  [ -f "$out/last.pt" ] && resume=(--resume)
+  echo
+  echo "==> [$name] python train.py $* --out $out ${resume[*]}"
+  python train.py "$@" --out "$out" "${resume[@]}" || status=$?
+  case $status in
+    0) ;;
+    130|143) die "training run $name stopped by a signal; $out/last.pt is consistent: re-run this script to resume it" ;;
+    *) die "training run $name failed (see $out/train.log); re-run this script to resume it" ;;
+  esac
+}
+
+# One thesis run, once per seed.
 run() {
   local id=$1; shift
-  local seed out resume status
+  local seed
   for seed in "${SEED_LIST[@]}"; do
-    out="$(seed_dir "$seed")/$id" resume=() status=0
-    [ -f "$out/last.pt" ] && resume=(--resume)
-    echo
-    echo "==> [$id, seed $seed] python train.py ${COMMON[*]} $* --seed $seed --experiment $id --out $out ${resume[*]}"
-    python train.py "${COMMON[@]}" "$@" --seed "$seed" --experiment "$id" --out "$out" "${resume[@]}" || status=$?
-    case $status in
-      0) ;;
-      130|143) die "training run $id stopped by a signal; $out/last.pt is consistent: re-run this script to resume it" ;;
-      *) die "training run $id failed (see $out/train.log); re-run this script to resume it" ;;
-    esac
+    train "$id, seed $seed" "$(seed_dir "$seed")/$id" "${COMMON[@]}" "$@" --seed "$seed" --experiment "$id"
   done
 }
 
 START=$(date +%s)
+
+# 0. Demo only: pretrain each backbone the seven runs use, once (skipped when its file exists).
+if [ "$DEMO" = 1 ]; then
+  if [ ! -f "$PRETRAIN_DIR/train.csv" ] || [ ! -f "$PRETRAIN_DIR/val.csv" ]; then
+    echo "==> building the pretraining set in $PRETRAIN_DIR"
+    python data.py demo --out "$PRETRAIN_DIR" --seed 7 --balanced --min-train-per-class "$PRETRAIN_PER_CLASS" \
+      --val-per-class 20 --image-size 64
+  fi
+  for backbone in resnet50 convnext_tiny; do
+    if [ -f "$(weights "$backbone")" ]; then echo "==> pretrained $backbone: $(weights "$backbone")"; continue; fi
+    # Random init, so a from-scratch rate (2e-3) and a short warmup; batch 64 fills the CPU better than 32.
+    train "pretrain $backbone" "$PRETRAIN_DIR/runs/$backbone" --train-csv "$PRETRAIN_DIR/train.csv" \
+      --val-csv "$PRETRAIN_DIR/val.csv" --model "$backbone" --weights none --epochs "$PRETRAIN_EPOCHS" \
+      --batch-size 64 --lr 2e-3 --warmup-epochs 0.3 --img-size "$IMG_SIZE" --device cpu --workers "$WORKERS" \
+      --seed 7 --experiment "pretrain_$backbone"
+    python export.py --ckpt "$PRETRAIN_DIR/runs/$backbone/best.pt" --backbone-out "$(weights "$backbone")" \
+      || die "could not write the pretrained $backbone backbone"
+  done
+fi
+
 echo "==> results in $RESULTS (train: $TRAIN_CSV, val: $VAL_CSV, epochs: $EPOCHS, device: $DEVICE, seeds: $SEEDS)"
 
-# 1. The seven thesis runs, in the thesis's order.
-run baseline_resnet50_ce_run1                     --model resnet50 --loss ce --lr "$(lr 1e-4)"
-run convnext_tiny_baseline_ce_run1                --model convnext_tiny --loss ce --lr "$(lr 1e-4)"
-run convnext_tiny_transformer_ce_run1             --model convnext_tiny_transformer --blocks 1 --loss ce --lr "$(lr 1e-4)"
-run convnext_tiny_transformer_focal_alpha_run1    --model convnext_tiny_transformer --blocks 1 --loss focal --alpha auto --lr "$(lr 1e-4)"
-run convnext_tiny_baseline_focal_alpha_run1       --model convnext_tiny --loss focal --alpha auto --lr "$(lr 1e-4)"
-run convnext_tiny_transformer_focal_alpha_run2    --model convnext_tiny_transformer --blocks 2 --loss focal --alpha auto --lr "$(lr 1e-4)"
-run convnext_tiny_transformer_focal_alpha_ema_run3 --model convnext_tiny_transformer --blocks 2 --loss focal --alpha auto --lr "$(lr 5e-5)" \
-    --ema --warmup-epochs 1 --clip-grad 1.0
+# 1. The seven thesis runs, in the thesis's order, with the thesis's learning rates.
+run baseline_resnet50_ce_run1                     --model resnet50 --weights "$(weights resnet50)" --loss ce --lr 1e-4
+run convnext_tiny_baseline_ce_run1                --model convnext_tiny --weights "$(weights convnext_tiny)" --loss ce \
+    --lr 1e-4
+run convnext_tiny_transformer_ce_run1             --model convnext_tiny_transformer --weights "$(weights convnext_tiny)" \
+    --blocks 1 --loss ce --lr 1e-4
+run convnext_tiny_transformer_focal_alpha_run1    --model convnext_tiny_transformer --weights "$(weights convnext_tiny)" \
+    --blocks 1 --loss focal --alpha auto --lr 1e-4
+run convnext_tiny_baseline_focal_alpha_run1       --model convnext_tiny --weights "$(weights convnext_tiny)" \
+    --loss focal --alpha auto --lr 1e-4
+run convnext_tiny_transformer_focal_alpha_run2    --model convnext_tiny_transformer --weights "$(weights convnext_tiny)" \
+    --blocks 2 --loss focal --alpha auto --lr 1e-4
+run convnext_tiny_transformer_focal_alpha_ema_run3 --model convnext_tiny_transformer --weights "$(weights convnext_tiny)" \
+    --blocks 2 --loss focal --alpha auto --lr 5e-5 --ema --warmup-epochs 1 --clip-grad 1.0
 
 RUN_IDS=(baseline_resnet50_ce_run1 convnext_tiny_baseline_ce_run1 convnext_tiny_transformer_ce_run1
          convnext_tiny_transformer_focal_alpha_run1 convnext_tiny_baseline_focal_alpha_run1

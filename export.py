@@ -1,6 +1,7 @@
-"""Export a checkpoint to ONNX and check the export against eager PyTorch.
+"""Export a checkpoint to ONNX and check the export against eager PyTorch; or its backbone as a state dict.
 
     python export.py --ckpt results/EXP/best.pt --out model.onnx [--opset 18] [--img-size S] [--val-csv val.csv]
+    python export.py --ckpt results/EXP/best.pt --backbone-out backbone.pt   # for train.py --weights PATH
 
 The model is exported with torch.onnx's exporter (torch.export based) with a dynamic batch axis; its metadata
 holds the classes, image size, normalisation, experiment id, architecture and metrics (see onnx_model.py).
@@ -8,10 +9,16 @@ Before the file is written, ONNX Runtime runs it on random batches of 1, 3 and 4
 on the first --limit validation images; the export fails, writing nothing, unless every check keeps
 max |logit diff| <= 1e-3 x max(1, largest |eager logit|) against eager float32 PyTorch and the same argmax
 (a flip within a near-tie of the top two logits excepted). Needs requirements-onnx.txt.
+
+--backbone-out writes the backbone alone (every tensor but the class head; for the hybrid, its ConvNeXt) as a
+torchvision-format state dict, so another run can start from it with `train.py --weights PATH`, as it would
+from ImageNet weights. Needs no extra package.
 """
 import argparse
 import sys
 import time
+
+import torch
 
 import data
 import models
@@ -22,7 +29,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     """Command-line flags."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="checkpoint written by train.py (best.pt)")
-    p.add_argument("--out", required=True, help="ONNX file to write, e.g. model.onnx")
+    out = p.add_mutually_exclusive_group(required=True)
+    out.add_argument("--out", help="ONNX file to write, e.g. model.onnx")
+    out.add_argument("--backbone-out", help="write the backbone as a torchvision state dict here instead (no ONNX)")
     p.add_argument("--opset", type=data.int_at_least(18), default=onnx_model.OPSET,
                    help=f"ONNX opset (default: {onnx_model.OPSET}; the exporter supports 18 and later)")
     p.add_argument("--img-size", type=data.int_at_least(32), default=None,
@@ -44,8 +53,21 @@ def check(name: str, result: dict, out: str) -> None:
         raise data.UserError(f"{out}: not written, ONNX Runtime disagrees with eager PyTorch on {line}")
 
 
+def export_backbone(ckpt: str, out: str) -> None:
+    """Write a checkpoint's backbone as a torchvision-format state dict, atomically."""
+    model, meta = models.load_model(ckpt, "cpu")
+    state = models.backbone_state_dict(model, meta["arch"])
+    with data.atomic_write(out, "wb") as f:
+        torch.save(state, f)
+    print(f"wrote {out}: the {models.HYBRIDS.get(meta['arch']['name'], meta['arch']['name'])} backbone of "
+          f"{meta['experiment']} ({len(state)} tensors; use it with train.py --weights {out})", flush=True)
+
+
 def main(args: argparse.Namespace) -> None:
     """Export, check against eager PyTorch, then write the file atomically."""
+    if args.backbone_out is not None:
+        export_backbone(args.ckpt, args.backbone_out)
+        return
     onnx_model.require("export.py", ("onnx", "onnxruntime", "onnxscript"))
     samples = data.read_index(args.val_csv, args.data_root)[:args.limit] if args.val_csv else None
     model, meta = models.load_model(args.ckpt, "cpu")

@@ -283,9 +283,8 @@ def write_report(out_dir: str, metrics: dict, class_names: Sequence[str], predic
         heading = f"{title or 'Confusion matrix'}{' (row-normalised)' if normalized else ''}"
         subtitle = (f"accuracy {metrics['accuracy']:.4f}    macro-F1 {metrics['macro_f1']:.4f}    "
                     f"n = {int(np.sum(metrics['confusion_matrix']))}")
-        image = plots.draw_confusion_matrix(matrix, class_names, heading, subtitle, normalized)
-        with data.atomic_write(os.path.join(out, f"confusion_matrix{suffix}.png"), "wb") as f:
-            image.save(f, format="PNG")
+        plots.save_png(os.path.join(out, f"confusion_matrix{suffix}.png"),
+                       plots.draw_confusion_matrix(matrix, class_names, heading, subtitle, normalized))
     if predictions is not None:
         paths, labels, preds, probs = predictions
         with data.atomic_write(os.path.join(out, "predictions.csv")) as f:

@@ -373,9 +373,12 @@ def main(args: argparse.Namespace) -> None:
     finished = sum(1 for i in RUN_IDS if runs[i] and len(per_seed[i]) == len(trees))
 
     per_class_md, per_class_rows = per_class_table(runs, stats)
-    pngs = [os.path.relpath(os.path.join(tree, i, f"confusion_matrix{kind}.png"), args.results)
-            for tree in trees.values() for i in RUN_IDS for kind in ("", "_normalized")
-            if os.path.exists(os.path.join(tree, i, f"confusion_matrix{kind}.png"))]
+    pngs = pictures(args.results, trees, [(i, f"confusion_matrix{kind}.png") for i in RUN_IDS
+                                          for kind in ("", "_normalized")])
+    best_matrices = pictures(args.results, trees, [(b, "confusion_matrix_normalized.png")
+                                                   for b in (best_of(CNN_IDS, runs), best_of(HYBRID_IDS, runs)) if b])
+    curves = pictures(args.results, trees, [(i, "curves.png") for i in RUN_IDS])
+    tradeoff = pictures(args.results, {"": args.results}, [("benchmark", "tradeoff.png")])
     if seeds:
         cells = (f"Seeds {', '.join(seeds)}: each cell is the mean ± std over the seeds, and in square brackets "
                  "the 95 % interval of the mean (bootstrap over images and seeds, see below).")
@@ -393,13 +396,17 @@ def main(args: argparse.Namespace) -> None:
         "## Table 5. Effect of imbalance-aware training", gain_table(rows, tests),
         "## Table 6. Inference-side rescue (ensemble and flip TTA)", rescue_table(configurations, rescue, rescue_stats),
         "## Table 7. Parameters, latency and FPS", results_table([rows[i] for i in RUN_IDS]),
+        inline(tradeoff, "Macro-F1 against latency, ours beside the thesis's"),
         "## Table 8. Per-class F1, best CNN-only and best hybrid single model", per_class_md,
+        inline(best_matrices, "Row-normalised confusion matrices of the best CNN-only and the best hybrid"),
         "## Do the thesis's comparisons hold here?",
         comparison_intro(len(seeds)), comparison_table(comparisons),
     ]
     if seeds:
         sections += ["## Per-seed results", seeds_table([rows[i] for i in RUN_IDS], seeds)]
-    sections += ["## Confusion matrices", "\n".join(f"- [{p}]({p})" for p in pngs) or "_None yet._"]
+    sections += ["## Training curves", inline(curves, "Loss, validation accuracy and macro-F1 per epoch; the "
+                                                     "dashed line marks the epoch kept as best.pt"),
+                 "## Confusion matrices", "\n".join(f"- [{p}]({p})" for p in pngs) or "_None yet._"]
     with data.atomic_write(os.path.join(args.results, "summary.md")) as f:
         f.write("\n\n".join(sections) + "\n")
     fields = list(rows[RUN_IDS[0]])
@@ -416,6 +423,19 @@ def main(args: argparse.Namespace) -> None:
                            *(_csv_value((c["test"] or {}).get(k)) for k in keys), c["verdict"]] for c in comparisons]))
     print(f"wrote {os.path.join(args.results, 'summary.md')} ({finished} of 7 experiments finished"
           f"{f' on each of the {len(seeds)} seeds' if seeds else ''})")
+
+
+def pictures(results: str, trees: dict[str, str], files: list[tuple[str, str]]) -> list[str]:
+    """Paths (relative to the results folder) of the pictures that exist: (folder, file) in each seed's tree."""
+    paths = [os.path.join(tree, folder, name) for tree in trees.values() for folder, name in files]
+    return [os.path.relpath(p, results) for p in paths if os.path.exists(p)]
+
+
+def inline(paths: list[str], caption: str) -> str:
+    """Markdown that shows each picture in the page, under a one-line caption; a note when there is none yet."""
+    if not paths:
+        return f"_{caption}: not drawn yet._"
+    return f"{caption}:\n\n" + "\n\n".join(f"![{os.path.dirname(p) or p}]({p})" for p in paths)
 
 
 def comparison_intro(seeds: int) -> str:

@@ -7,17 +7,18 @@
 Each epoch trains, then validates (accuracy, macro-F1, per-class F1, loss); best.pt is kept by macro-F1
 (ties: accuracy; with --ema the EMA weights are validated and kept), last.pt holds the full training
 state, and the run stops early after --patience epochs without improvement. Files in --out:
-config.json, history.csv (one row per epoch; lr = the last step's), train.log, last.pt, best.pt,
-summary.json, and for the best weights predictions.csv, metrics.json, per_class.csv and the confusion
-matrices (CSV + PNG, raw and row-normalised).
+config.json, history.csv (one row per epoch; lr = the last step's), curves.png (loss, accuracy and
+macro-F1 per epoch, the best epoch marked), train.log, last.pt, best.pt, summary.json, and for the best
+weights predictions.csv, metrics.json, per_class.csv and the confusion matrices (CSV + PNG, raw and
+row-normalised).
 
-Ctrl-C / SIGTERM stop the run after the current step with exit code 130 / 143. The interrupted epoch
-is dropped (last.pt still holds the one before; nothing half-done is saved) and --resume redoes it
-from its start: every epoch's shuffle, augmentation and sampling depend only on (seed, epoch, rank)
-and the RNG states are in last.pt, so a resumed run ends where an uninterrupted one ends (bit for bit
-on CPU). A NaN/inf loss stops the run naming the epoch and step, before the bad step touches the
-weights. On CPU two runs with the same seed give identical metrics; on CUDA cuDNN autotuning and TF32
-are on, so GPU runs are close but not bitwise equal.
+Ctrl-C / SIGTERM / SIGHUP save last.pt at the current step and exit with 130 / 143 / 129; last.pt is
+also saved mid-epoch every --checkpoint-every minutes. --resume continues from the saved step: every
+epoch's shuffle, augmentation and sampling depend only on (seed, epoch, step, rank) and the RNG states
+are in last.pt, so a resumed run ends where an uninterrupted one ends (bit for bit on CPU). A NaN/inf
+loss stops the run naming the epoch and steps, before the bad steps reach a checkpoint. On CPU two runs
+with the same seed give identical metrics; on CUDA cuDNN autotuning and TF32 are on, so GPU runs are
+close but not bitwise equal.
 """
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ import data
 import losses
 import metrics
 import models
+import plots
 
 try:
     import fcntl  # POSIX: the run-folder lock
@@ -807,6 +809,8 @@ def main(args: argparse.Namespace) -> None:
                                            metrics=val | {"epoch": epoch})
                     write_predictions(out, val, val_samples, logits, f"{args.experiment}, epoch {epoch}", classes)
                 write_history(out / "history.csv", run["history"])
+                plots.save_png(out / "curves.png", plots.draw_curves(run["history"], best["epoch"],
+                                                                     f"{args.experiment}: training curves"))
                 save_last(None, val)
                 if run["finished"]:  # nothing resumes a finished run: its fallback only costs disk
                     (out / "last.prev.pt").unlink(missing_ok=True)

@@ -6,6 +6,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from PIL import Image
+
 import demo
 from conftest import ROOT
 
@@ -21,22 +23,52 @@ def run_script(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
                            env=full_env, timeout=900)
 
 
+# The thesis's learning rates, unscaled, and its warmup / EMA / clipping, as the demo must run them.
+THESIS_RECIPE = {run_id: {"lr": 1e-4, "warmup_epochs": 0.0, "ema": False, "clip_grad": None} for run_id in RUN_IDS}
+THESIS_RECIPE["convnext_tiny_transformer_focal_alpha_ema_run3"] = {"lr": 5e-5, "warmup_epochs": 1.0, "ema": True,
+                                                                  "clip_grad": 1.0}
+# A tiny pretraining stage: 8 images per class, one epoch of one batch of 64.
+TINY = {"EPOCHS": "1", "PRETRAIN_PER_CLASS": "8", "PRETRAIN_EPOCHS": "1"}
+
+
+def assert_png(path: Path) -> None:
+    """A whole, valid PNG of a readable size."""
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.width >= 600 and image.height >= 300, path
+
+
 def test_demo_pipeline_writes_every_table(tmp_path: Path) -> None:
     # 78 training images (Table 2 proportions, one each of disgust and contempt), 1 epoch, 32 px.
     demo_dir = tmp_path / "demo_data"
     demo.make_demo(demo_dir, seed=0, min_train_per_class=1, val_per_class=2, image_size=32)
     results = tmp_path / "results"
-    proc = run_script("--demo", env={"DEMO_DIR": str(demo_dir), "RESULTS": str(results), "EPOCHS": "1"})
+    proc = run_script("--demo", env={"DEMO_DIR": str(demo_dir), "RESULTS": str(results), **TINY})
     assert proc.returncode == 0, proc.stderr[-2000:]
 
+    # First the backbones are pretrained on their own, balanced set; the seven runs start from them.
+    backbones = demo_dir / "pretrain" / "backbones"
+    assert sorted(p.name for p in backbones.iterdir()) == ["convnext_tiny.pt", "resnet50.pt"]
+    with open(demo_dir / "pretrain" / "train.csv") as f:
+        assert sum(1 for _ in f) == 1 + 8 * 8
     summary = (results / "summary.md").read_text()
     assert "7 of 7 experiments finished" in summary
     for run_id in RUN_IDS:
         assert (results / run_id / "best.pt").is_file()
         assert (results / run_id / "confusion_matrix.png").is_file()
-        # Table 7 lists every run; the confusion-matrix links point at files that exist.
+        args = json.loads((results / run_id / "config.json").read_text())["args"]
+        assert {key: args[key] for key in THESIS_RECIPE[run_id]} == THESIS_RECIPE[run_id], run_id
+        assert args["weights"] == str(backbones / ("resnet50.pt" if "resnet50" in run_id else "convnext_tiny.pt"))
+        assert_png(results / run_id / "curves.png")  # a run of one epoch still draws
+        # Table 7 lists every run; the confusion-matrix links point at files that exist; the curves are inline.
         assert f"| {run_id} |" in summary.split("## Table 7")[1]
         assert f"({run_id}/confusion_matrix.png)" in summary
+        assert f"]({run_id}/curves.png)" in summary.split("## Training curves")[1]
+    assert_png(results / "benchmark" / "tradeoff.png")
+    assert "![benchmark](benchmark/tradeoff.png)" in summary
+    # The best models' confusion matrices are shown in the page, not only linked.
+    assert summary.split("## Table 8")[1].split("##")[0].count("/confusion_matrix_normalized.png)") == 2
     assert "## Table 6" in summary and "checkpoint ensemble + h-flip TTA" in summary
     assert "| single checkpoint, logit adjustment (tau 1) |" in summary.split("## Table 6")[1]
     assert (results / "rescue").is_dir() and (results / "benchmark" / "benchmark.json").is_file()
@@ -52,10 +84,10 @@ def test_demo_pipeline_writes_every_table(tmp_path: Path) -> None:
     (seeds / "seed42").mkdir(parents=True)
     for run_id in RUN_IDS:
         shutil.move(results / run_id, seeds / "seed42" / run_id)
-    again = run_script("--demo", "--seeds", "42,43",
-                       env={"DEMO_DIR": str(demo_dir), "RESULTS": str(seeds), "EPOCHS": "1"})
+    again = run_script("--demo", "--seeds", "42,43", env={"DEMO_DIR": str(demo_dir), "RESULTS": str(seeds), **TINY})
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stdout.count("this run already finished") == len(RUN_IDS)
+    assert "pretrained resnet50:" in again.stdout and "[pretrain" not in again.stdout  # nothing pretrained again
     for run_id in RUN_IDS:
         config = json.loads((seeds / "seed43" / run_id / "config.json").read_text())
         assert config["args"]["seed"] == 43

@@ -249,6 +249,32 @@ def test_backbone_weights_from_a_path(built, tmp_path, capsys):
         models.build_model("resnet50", weights=str(tmp_path / "nope.pth"))
 
 
+@pytest.mark.parametrize("name, blocks", [("resnet50", 1), ("convnext_tiny_transformer", 2)])
+def test_a_trained_backbone_exported_from_a_checkpoint_starts_the_next_run(built, images, name, blocks, tmp_path,
+                                                                             capsys):
+    import export  # the CLI that writes it (no ONNX package needed for --backbone-out)
+
+    torch.manual_seed(1)
+    trained = models.build_model(name, num_classes=5, blocks=blocks, weights="none").eval()
+    models.save_checkpoint(tmp_path / "best.pt", trained, arch_of(name, blocks) | {"num_classes": 5}, "pretrain")
+    export.main(export.get_args_parser().parse_args(["--ckpt", str(tmp_path / "best.pt"),
+                                                     "--backbone-out", str(tmp_path / "backbone.pt")]))
+    # Plain torchvision names, no head: the file loads into torchvision's own model like ImageNet weights do.
+    state = torch.load(tmp_path / "backbone.pt", weights_only=True)
+    backbone = models.HYBRIDS.get(name, name)
+    head = models.BACKBONES[backbone].head
+    reference = models.BACKBONES[backbone].build(weights=None).state_dict()
+    assert set(state) == {k for k in reference if not k.startswith(f"{head}.")}
+    assert "pretrain" in capsys.readouterr().out
+    # A new run (other classes, other block count) starts from exactly those weights, with a fresh head.
+    fresh = models.build_model(name, num_classes=8, blocks=1, weights=str(tmp_path / "backbone.pt")).eval()
+    features = (lambda m: m.features) if name in models.HYBRIDS else (lambda m: nn.Sequential(*list(m.children())[:-1]))
+    with torch.no_grad():
+        assert torch.equal(features(fresh)(images), features(trained)(images))
+    if name in models.HYBRIDS:
+        assert torch.equal(fresh.norm.weight, trained.norm.weight)
+
+
 def test_resolve_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert models.resolve_device("auto") == torch.device("cpu")

@@ -117,6 +117,27 @@ def test_one_seed_intervals_and_verdicts(tmp_path):
     assert "## Do the thesis's comparisons hold here?" in summary and "## Per-seed results" not in summary
 
 
+def test_pictures_are_shown_in_the_page_once_they_exist(tmp_path):
+    fill_tree(tmp_path, seed=42)
+    summary = run_summary(tmp_path)
+    assert ": not drawn yet._" in summary.split("## Training curves")[1] and "![" not in summary
+    for run_id in ACCURACY:
+        (tmp_path / run_id / "curves.png").write_bytes(b"png")
+        (tmp_path / run_id / "confusion_matrix_normalized.png").write_bytes(b"png")
+    (tmp_path / "benchmark").mkdir()
+    (tmp_path / "benchmark" / "tradeoff.png").write_bytes(b"png")
+    summary = run_summary(tmp_path)
+    assert "![benchmark](benchmark/tradeoff.png)" in summary.split("## Table 7")[1].split("##")[0]
+    # Table 8's best CNN-only and best hybrid (by macro-F1): their row-normalised matrices, in the page.
+    table8 = summary.split("## Table 8")[1].split("##")[0]
+    assert ("![convnext_tiny_baseline_focal_alpha_run1](convnext_tiny_baseline_focal_alpha_run1/"
+            "confusion_matrix_normalized.png)") in table8
+    assert "![convnext_tiny_transformer_ce_run1](convnext_tiny_transformer_ce_run1/" in table8
+    curves = summary.split("## Training curves")[1].split("##")[0]
+    assert [line for line in curves.splitlines() if line.startswith("![")] == [
+        f"![{run_id}]({run_id}/curves.png)" for run_id in summarize.RUN_IDS if run_id in ACCURACY]  # table order
+
+
 def test_several_seeds_show_mean_std_and_per_seed_values(tmp_path):
     preds = {seed: fill_tree(tmp_path / f"seed{seed}", seed) for seed in (42, 43)}
     (tmp_path / "seed44").mkdir()  # an empty seed folder: that seed has not run yet

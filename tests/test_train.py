@@ -17,11 +17,14 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import data
 import models
+import plots
 import train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,7 +35,7 @@ RECIPE = ("--model", "resnet50", "--weights", "none", "--img-size", "64", "--bat
           "--clip-grad", "1.0", "--log-interval-s", "0")
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "val_loss", "val_accuracy", "val_macro_f1",
                   *(f"f1_{name}" for name in data.AFFECTNET8)]
-OUTPUTS = [".lock", "config.json", "history.csv", "train.log", "last.pt", "best.pt", "summary.json",
+OUTPUTS = [".lock", "config.json", "history.csv", "curves.png", "train.log", "last.pt", "best.pt", "summary.json",
            "predictions.csv",
            "metrics.json", "per_class.csv", "confusion_matrix.csv", "confusion_matrix_normalized.csv",
            "confusion_matrix.png", "confusion_matrix_normalized.png"]
@@ -277,6 +280,12 @@ def test_two_epoch_run_writes_every_output(runs, small):
     config = json.loads((out / "config.json").read_text())
     assert config["torch"] == torch.__version__ and config["device"] == "cpu"
     assert config["args"]["alpha"] == "auto" and len(config["alpha"]) == 8  # resolved from the class counts
+
+    with Image.open(out / "curves.png") as curves:  # redrawn after every epoch from history.csv
+        assert curves.format == "PNG" and curves.size == (1100, 470)
+        # Exactly the picture of this run's own history.csv and best epoch.
+        assert np.array_equal(np.asarray(curves.convert("RGB")), np.asarray(plots.draw_curves(
+            history, summary["best_epoch"], f"{summary['experiment']}: training curves")))
 
     log = (out / "train.log").read_text()
     assert "epoch 1/2 step 1/2 loss" in log and "img/s data-wait" in log and "eta" in log  # progress lines
