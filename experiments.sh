@@ -4,7 +4,7 @@
 # the thesis's.
 #
 #   bash experiments.sh --train-csv train.csv --val-csv val.csv [--data-root DIR] [--results DIR]
-#   bash experiments.sh --demo            # built-in synthetic set, CPU, small images, ~5 min on 2 cores
+#   bash experiments.sh --demo            # built-in synthetic set, CPU, small images, ~8 min on 2 cores
 #   bash experiments.sh ... --seeds 42,43,44   # every run once per seed, each seed in RESULTS/seed<N>/
 #
 # Every flag also reads from the environment (TRAIN_CSV, VAL_CSV, DATA_ROOT, RESULTS, EPOCHS,
@@ -107,7 +107,7 @@ fi
 
 if [ "$DEMO" = 1 ] && { [ ! -f "$DEMO_DIR/train.csv" ] || [ ! -f "$DEMO_DIR/val.csv" ]; }; then
   echo "==> building the demo set in $DEMO_DIR"
-  # Half the default size keeps the seven runs inside ~15 minutes on a 2-core laptop CPU.
+  # Half the default size: 12 images each of disgust and contempt, in Table 2's proportions, 160 to validate.
   python data.py demo --out "$DEMO_DIR" --seed 42 --min-train-per-class 12 --val-per-class 20 --image-size 64
 fi
 [ -f "$TRAIN_CSV" ] || die "training CSV not found: $TRAIN_CSV"
@@ -155,8 +155,9 @@ run() {
 
 START=$(date +%s)
 
-# 0. Demo only: pretrain each backbone the seven runs use, once (skipped when its file exists).
-if [ "$DEMO" = 1 ]; then
+# 0. Demo only (unless --weights names other weights): pretrain each backbone the seven runs use, once
+# (skipped when its file exists).
+if [ "$DEMO" = 1 ] && [ "$WEIGHTS" = "$PRETRAIN_DIR/backbones" ]; then
   if [ ! -f "$PRETRAIN_DIR/train.csv" ] || [ ! -f "$PRETRAIN_DIR/val.csv" ]; then
     echo "==> building the pretraining set in $PRETRAIN_DIR"
     python data.py demo --out "$PRETRAIN_DIR" --seed 7 --balanced --min-train-per-class "$PRETRAIN_PER_CLASS" \
