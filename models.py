@@ -140,8 +140,7 @@ def _load_backbone(backbone_name: str, weights: str | os.PathLike) -> nn.Module:
         except RuntimeError as err:
             raise CheckpointError(f"ImageNet weights for {backbone_name} do not fit ({_one_line(err)})") from None
         return model
-    head = BACKBONES[backbone_name].head
-    head_keys = (f"{head}.weight", f"{head}.bias")
+    head_keys = (f"{spec.head}.weight", f"{spec.head}.bias")
     state = {k: v for k, v in state.items() if k not in head_keys}
     try:
         result = model.load_state_dict(state, strict=False)

@@ -62,12 +62,15 @@ def _vertical(image: Image.Image, cx: float, cy: float, text: str, font, fill) -
     image.paste(Image.new("RGB", mask.size, fill), (int(cx - mask.width / 2), int(cy - mask.height / 2)), mask)
 
 
+def _round_step(raw: float, steps: Sequence[float] = (1, 2, 2.5, 5, 10)) -> float:
+    """The smallest step of the form s x 10^k (s in steps) that is at least raw."""
+    magnitude = 10 ** math.floor(math.log10(raw))
+    return next(s * magnitude for s in steps if s * magnitude >= raw - 1e-12)
+
+
 def _ticks(vmax: float, integer: bool) -> list[float]:
-    """About five round tick values from 0 to vmax."""
-    raw = vmax / 4
-    magnitude = 10 ** np.floor(np.log10(raw))
-    steps = (1, 2, 5, 10) if integer else (1, 2, 2.5, 5, 10)
-    step = next(s * magnitude for s in steps if s * magnitude >= raw - 1e-12)
+    """About five round tick values from 0 up to (not past) vmax, for a colour bar."""
+    step = _round_step(vmax / 4, (1, 2, 5, 10) if integer else (1, 2, 2.5, 5, 10))
     step = max(step, 1.0) if integer else step
     return [float(v) for v in np.arange(0, vmax + step * 1e-6, step)]
 
@@ -166,9 +169,7 @@ SERIES_COLOURS = ((0, 114, 178), (213, 94, 0), (0, 158, 115), (204, 121, 167), (
 def _nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
     """About `count` round tick values covering [lo, hi] (steps of 1, 2, 2.5 or 5 x 10^k)."""
     span = hi - lo if hi > lo else max(abs(hi), 1.0)
-    raw = span / max(count - 1, 1)
-    magnitude = 10 ** math.floor(math.log10(raw))
-    step = next(s * magnitude for s in (1, 2, 2.5, 5, 10) if s * magnitude >= raw - 1e-12)
+    step = _round_step(span / max(count - 1, 1))
     first = math.floor(lo / step + 1e-9) * step
     return [round(first + i * step, 10) for i in range(int(math.ceil((hi - first) / step - 1e-9)) + 1)]
 
@@ -239,8 +240,8 @@ class Axes:
         _vertical(image, left - 58, (top + bottom) / 2, ylabel, font, "black")
 
 
-def _legend(image: Image.Image, x: int, y: int, entries: Sequence[tuple[str, tuple[int, int, int], str]]) -> int:
-    """Legend entries (text, colour, 'line' or 'dashed') in one row from (x, y); returns the row's right end."""
+def _legend(image: Image.Image, x: int, y: int, entries: Sequence[tuple[str, tuple[int, int, int], str]]) -> None:
+    """Legend entries (text, colour, 'line' or 'dashed') in one row from (x, y)."""
     draw, font = ImageDraw.Draw(image), load_font(14)
     for text, colour, style in entries:
         if style == "dashed":
@@ -251,7 +252,6 @@ def _legend(image: Image.Image, x: int, y: int, entries: Sequence[tuple[str, tup
         w, _ = _size(draw, text, font)
         _centered(draw, x + 30 + w / 2, y, text, font, "black")
         x += 30 + w + 22
-    return x
 
 
 def _padded(values: Sequence[float], floor: float | None = None, ceiling: float | None = None) -> list[float]:
@@ -289,7 +289,7 @@ def draw_curves(history: Sequence[dict], best_epoch: int | None, title: str) -> 
         left = pad + k * (panel_w + 70 + pad // 2)
         values = [v for key in keys for v in series[key] if math.isfinite(v)] or [0.0, 1.0]
         axes = Axes((left, 80, left + panel_w, height - 110), xticks or epochs, _padded(values, floor, ceiling),
-                    xlim=xlim)
+                    xlim=xlim)  # a lone epoch such as 7 has no round tick of its own
         axes.draw(image, panel_title, "epoch", "loss" if k == 0 else "score", x_integer=True)
         if best_epoch is not None:  # the best epoch: a dashed grey line across both panels
             bx = axes.x(best_epoch)
