@@ -52,6 +52,10 @@ def test_demo_pipeline_writes_every_table(tmp_path: Path) -> None:
     assert sorted(p.name for p in backbones.iterdir()) == ["convnext_tiny.pt", "resnet50.pt"]
     with open(demo_dir / "pretrain" / "train.csv") as f:
         assert sum(1 for _ in f) == 1 + 8 * 8
+    # Once a backbone is written its pretraining checkpoints are gone (disk), its record stays.
+    for backbone in ("resnet50", "convnext_tiny"):
+        pretrain_run = demo_dir / "pretrain" / "runs" / backbone
+        assert not list(pretrain_run.glob("*.pt")) and (pretrain_run / "history.csv").is_file()
     summary = (results / "summary.md").read_text()
     assert "7 of 7 experiments finished" in summary
     for run_id in RUN_IDS:
