@@ -26,6 +26,17 @@ def demo_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return Path(train_csv), Path(val_csv)
 
 
+def png_size(path: str | Path) -> tuple[int, int]:
+    """The (width, height) of a whole, valid PNG file; fails the test for anything else."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:  # verify() leaves the file unusable: open it again to read it
+        assert image.format == "PNG", path
+        return image.size
+
+
 def call(script, *args) -> str:
     """A script's main() in-process with parsed arguments (a subprocess costs seconds of imports); its stdout."""
     buffer = io.StringIO()

@@ -3,6 +3,7 @@ import numpy as np
 from PIL import Image
 
 import plots
+from conftest import png_size
 from metrics import THESIS_RUNS
 
 
@@ -20,10 +21,7 @@ def pixels(image: Image.Image, colour: tuple[int, int, int]) -> np.ndarray:
 def test_curves_of_one_epoch_and_of_several_are_valid_pngs(tmp_path):
     for name, rows in (("one", history([0.3])), ("four", history([0.2, 0.4, 0.5, 0.45]))):
         plots.save_png(tmp_path / f"{name}.png", plots.draw_curves(rows, 1, f"{name}: training curves"))
-        with Image.open(tmp_path / f"{name}.png") as image:
-            image.verify()  # a whole, valid PNG
-        with Image.open(tmp_path / f"{name}.png") as image:
-            assert image.format == "PNG" and image.size == (1100, 470)
+        assert png_size(tmp_path / f"{name}.png") == (1100, 470)  # a whole, valid PNG
     assert not list(tmp_path.glob(".*.tmp"))  # written atomically, nothing left behind
 
 

@@ -121,7 +121,7 @@ def runs(small, tmp_path_factory):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    for checkpoint in base.rglob("*.pt"):  # ~0.5 GB per run; pytest keeps the last three sessions' folders
+    for checkpoint in base.rglob("*.pt"):  # ~0.5 GB per run; pytest keeps the folders of a failed session
         checkpoint.unlink()
 
 
