@@ -2,6 +2,10 @@
 
     python data.py affectnet | affectnet-npy | folder | rafdb | fer2013 | ferplus --help
 
+fer2013 takes either the original fer2013.csv (pixels in the CSV: written out as PNGs) or the folder of JPEGs most
+copies come as, ROOT/train/<class>/Training_*.jpg beside ROOT/test/ (PublicTest_ and PrivateTest_ mixed) or
+ROOT/publictest/ [+ ROOT/privatetest/] (referenced in place, not copied); both give the same splits and classes.
+
 Every converter keeps the rows it can use, counts every row it drops by reason (data.py prints the report),
 and writes classes.txt in the canonical class spelling, so a model trained on one dataset is scored on
 another by class name. Each returns [(index CSV written, rows kept, {drop reason: rows})].
@@ -31,6 +35,9 @@ RAFDB_LABELS: tuple[str, ...] = ("surprise", "fear", "disgust", "happy", "sad", 
 FER2013_LABELS: tuple[str, ...] = ("anger", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 # FER2013's Usage column -> the index CSV of that split (PublicTest is the usual validation set).
 FER2013_SPLITS = {"Training": "train.csv", "PublicTest": "val.csv", "PrivateTest": "test.csv"}
+# FER2013 as a folder of JPEGs: split folder (any case) -> the split its files count under when their name has no
+# split prefix; a file's own Training_ / PublicTest_ / PrivateTest_ prefix decides its split (test/ mixes two).
+FER2013_FOLDERS = {"train": "Training", "test": "PublicTest", "publictest": "PublicTest", "privatetest": "PrivateTest"}
 # FERPlus vote columns (fer2013new.csv), in its own order; the last two are not expressions.
 FERPLUS_VOTES: tuple[str, ...] = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear",
                                   "contempt", "unknown", "NF")
@@ -280,7 +287,18 @@ def _write_fer_splits(out_dir: Path, kept: dict[str, list[tuple[str, int, Image.
     return report
 
 
-def convert_fer2013(csv_path: str | os.PathLike, out_dir: str | os.PathLike) -> Report:
+def convert_fer2013(source: str | os.PathLike, out_dir: str | os.PathLike) -> Report:
+    """FER2013 -> an index CSV per split (Training -> train.csv, PublicTest -> val.csv, PrivateTest -> test.csv),
+    7 classes: from fer2013.csv when `source` is a file, from its JPEG class folders when it is a folder."""
+    source = Path(source)
+    if source.is_dir():
+        return convert_fer2013_folder(source, out_dir)
+    if not source.exists():
+        raise UserError(f"FER2013 CSV or folder not found: {source}")
+    return convert_fer2013_csv(source, out_dir)
+
+
+def convert_fer2013_csv(csv_path: str | os.PathLike, out_dir: str | os.PathLike) -> Report:
     """The Kaggle/ICML fer2013.csv (emotion 0-6, 48x48 grey pixel strings, Usage) -> PNGs + an index CSV per
     split: Training -> train.csv, PublicTest -> val.csv, PrivateTest -> test.csv."""
     csv_path, out_dir = Path(csv_path), Path(out_dir)
@@ -303,6 +321,82 @@ def convert_fer2013(csv_path: str | os.PathLike, out_dir: str | os.PathLike) -> 
         first = ", ".join(f"{u!r} ({n})" for u, n in unknown_usage.most_common(3))
         print(f"  skipped rows of unknown Usage: {first} (known: {', '.join(FER2013_SPLITS)})")
     return _write_fer_splits(out_dir, kept, dropped, BASIC7, csv_path)
+
+
+def _fer_split_of(name: str) -> str | None:
+    """The FER2013 split a file name claims by its prefix (Training_123.jpg -> Training; any case), or None."""
+    lowered = name.lower()
+    return next((usage for usage in FER2013_SPLITS if lowered.startswith(f"{usage.lower()}_")), None)
+
+
+def convert_fer2013_folder(root: str | os.PathLike, out_dir: str | os.PathLike) -> Report:
+    """FER2013 as JPEG class folders (angry, disgust, ...) under ROOT/train/ and ROOT/test/ (PublicTest_ and
+    PrivateTest_ mixed) or ROOT/publictest/ [+ ROOT/privatetest/] -> train.csv (Training_ files), val.csv
+    (PublicTest_), test.csv (PrivateTest_, when there are any), images referenced in place.
+
+    A file's name prefix decides its split; one whose name and folder disagree (Training_ under test/, PublicTest_
+    under train/) is dropped, as is one without a prefix, in an unknown class folder or not an image. A drop counts
+    under the split its name claims, else under its folder's (test/ -> val.csv).
+    """
+    root, out_dir = Path(root), Path(out_dir)
+    if not root.is_dir():
+        raise UserError(f"FER2013 folder not found: {root}")
+    entries = sorted(p for p in root.iterdir() if not p.name.startswith("."))
+    order = list(FER2013_FOLDERS)
+    splits = sorted((p for p in entries if p.is_dir() and p.name.lower() in FER2013_FOLDERS),
+                    key=lambda p: (order.index(p.name.lower()), p.name))
+    if not any(p.name.lower() == "train" for p in splits):
+        found = ", ".join(p.name + ("/" if p.is_dir() else "") for p in entries[:8]) or "nothing"
+        found += ", ..." if len(entries) > 8 else ""
+        hint = ("; these look like class folders: give the folder above them" if
+                any(p.is_dir() and canonical_class(p.name) in BASIC7 for p in entries) else "")
+        raise UserError(f"{root}: no train/ folder (expected train/<class>/Training_*.jpg beside test/ or "
+                        f"publictest/; found: {found}){hint}")
+    skipped = [p.name + ("/" if p.is_dir() else "") for p in entries if p not in splits]
+    if skipped:
+        print(f"  skipped (not a FER2013 split folder): {', '.join(skipped[:5])}"
+              + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+              + f" (known: {', '.join(f + '/' for f in FER2013_FOLDERS)})")
+    print(f"  reading {', '.join(p.name + '/' for p in splits)} under {root} (images referenced in place)")
+    kept = {usage: [] for usage in FER2013_SPLITS}
+    dropped = {usage: {} for usage in FER2013_SPLITS}
+    files = 0
+    for split_dir in splits:
+        folder_usage = FER2013_FOLDERS[split_dir.name.lower()]
+        for file in sorted(p for p in split_dir.rglob("*") if p.is_file()):
+            files += 1
+            claimed = _fer_split_of(file.name)
+            usage = claimed or folder_usage
+            parts = file.relative_to(split_dir).parts
+            label_name = canonical_class(parts[0]) if len(parts) > 1 else None
+            if file.suffix.lower() not in IMAGE_EXTENSIONS:
+                _count(dropped[usage], "not an image file extension")
+            elif len(parts) == 1:
+                _count(dropped[usage], f"not in a class folder (directly under {split_dir.name}/)")
+            elif label_name not in BASIC7:
+                _count(dropped[usage], f"unknown class folder {parts[0]!r} (FER2013's are angry, disgust, fear, "
+                                       "happy, neutral, sad, surprise)")
+            elif claimed is None:
+                _count(dropped[usage], "file name has no Training_/PublicTest_/PrivateTest_ prefix")
+            elif (claimed == "Training") != (folder_usage == "Training"):
+                _count(dropped[usage], f"{claimed}_ file under {split_dir.name}/ (its name and folder disagree)")
+            else:
+                csv_path = out_dir / FER2013_SPLITS[usage]
+                kept[usage].append((relative_to_csv(file, csv_path), BASIC7.index(label_name)))
+    if not files:
+        raise UserError(f"{root}: no images under {', '.join(p.name + '/' for p in splits)}")
+    if not kept["Training"]:
+        why = f"dropped: {dropped['Training']}" if dropped["Training"] else "none found"
+        raise UserError(f"{root}: no usable Training_ images in train/<class>/ ({why})")
+    report = []
+    for usage, csv_name in FER2013_SPLITS.items():
+        if kept[usage]:
+            report.append(_write(out_dir / csv_name, kept[usage], ("path", "label"), BASIC7, dropped[usage], root))
+            continue
+        why = "; ".join(f"dropped {n}: {reason}" for reason, n in dropped[usage].items())
+        stale = " (the one already there is left as it was)" if (out_dir / csv_name).exists() else ""
+        print(f"  no {usage}_ images{f' ({why})' if why else ''}: {csv_name} not written{stale}")
+    return report
 
 
 def ferplus_label(votes: Sequence[int]) -> int | str:
@@ -400,9 +494,14 @@ LAYOUTS = {
         _flag("--split", required=True, choices=("train", "test")),
         _flag("--original", action="store_true", help="Image/original/<name> instead of the aligned crops"),
         _OUT_CSV], lambda a: convert_rafdb(a.root, a.split, a.out, a.original)),
-    "fer2013": ("FER2013 fer2013.csv -> PNGs + train/val/test index CSVs, 7 classes", [
-        _flag("--csv", required=True, help="fer2013.csv (emotion,pixels,Usage)"), _OUT_DIR],
-        lambda a: convert_fer2013(a.csv, a.out)),
+    "fer2013": ("FER2013 fer2013.csv (-> PNGs) or its JPEG class folders (in place) -> train/val/test index "
+                "CSVs, 7 classes", [
+        _flag("--csv", "--root", dest="source", metavar="PATH", required=True,
+              help="fer2013.csv (emotion,pixels,Usage), or the folder holding train/<class>/Training_*.jpg and "
+                   "test/ (PublicTest_ + PrivateTest_) or publictest/ [+ privatetest/]; either flag takes either"),
+        _flag("--out", required=True, help="folder for train.csv, val.csv, test.csv, classes.txt (and, from "
+                                           "fer2013.csv, the PNGs)")],
+        lambda a: convert_fer2013(a.source, a.out)),
     "ferplus": ("FERPlus votes + FER2013 pixels -> PNGs + train/val/test index CSVs, 8 classes by majority", [
         _flag("--fer2013", required=True, help="fer2013.csv (the pixels)"),
         _flag("--ferplus", required=True, help="fer2013new.csv (FERPlus's votes, row for row)"), _OUT_DIR],

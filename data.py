@@ -344,9 +344,10 @@ def _where(sample: Sample) -> str:
     return sample.file + (f" (CSV line {sample.line})" if sample.line else "")
 
 
-def load_face(sample: Sample, size: int | None = None, draft: bool = True) -> Image.Image:
+def load_face(sample: Sample, size: int | None = None, draft: bool = True, grayscale: bool = False) -> Image.Image:
     """Decode the sample's image as RGB and crop its face box (clamped); with size, resize it to (size, size),
-    decoding JPEGs at reduced scale while the crop keeps >= size pixels."""
+    decoding JPEGs at reduced scale while the crop keeps >= size pixels. grayscale: its luma in all three channels
+    (what a model trained on grayscale faces, such as FER2013's, must see)."""
     where = _where(sample)
     try:
         with Image.open(sample.file) as im:
@@ -366,8 +367,7 @@ def load_face(sample: Sample, size: int | None = None, draft: bool = True) -> Im
                 if drafted:
                     ratio = drafted[1][2] / full_w
             im.load()
-            if im.mode != "RGB":
-                im = im.convert("RGB")
+            im = to_model_mode(im, grayscale)
             if not size:
                 return im.crop(box)
             # Crop + resize in one step with a sub-pixel box: rounding the crop to the reduced grid would shift the
@@ -379,17 +379,32 @@ def load_face(sample: Sample, size: int | None = None, draft: bool = True) -> Im
         raise UserError(f"cannot decode image {where}: {err or type(err).__name__}") from None
 
 
+def to_model_mode(image: Image.Image, grayscale: bool = False) -> Image.Image:
+    """An image as a model reads it: RGB, or with grayscale its luma (ITU-R 601-2, Pillow's "L") in all three
+    channels, so a colour webcam crop reaches a grayscale-trained model as its training faces did."""
+    if grayscale and image.mode != "L":
+        image = image.convert("L")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
 @dataclass(frozen=True)
 class Augment:
     """Training augmentation: horizontal flip probability and colour jitter strengths (torchvision's meaning:
     brightness, contrast and saturation factors in [1 - x, 1 + x], hue shift in [-x, x] of a full turn).
-    The thesis says "light colour jitter" without strengths; these defaults are ours (train.py's flags)."""
+    The thesis says "light colour jitter" without strengths; these defaults are ours (train.py's flags).
+    Beyond the thesis, off by default: a random affine (rotation in [-rotate, rotate] degrees, shift up to `shift`
+    of the side on each axis, zoom in [1 - scale, 1 + scale]) and random erasing with probability `erase`
+    (torchvision's RandomErasing ranges: 2-33 % of the area, aspect 0.3-3.3, filled with the mean colour)."""
 
     hflip: float = 0.5
     brightness: float = 0.2
     contrast: float = 0.2
     saturation: float = 0.2
     hue: float = 0.02
+    rotate: float = 0.0
+    shift: float = 0.0
+    scale: float = 0.0
+    erase: float = 0.0
 
 
 def to_uint8_tensor(image: Image.Image) -> torch.Tensor:
@@ -404,10 +419,10 @@ def _constant(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
     return torch.tensor(values, device=device).view(1, -1, 1, 1)
 
 
-def face_tensor(image: Image.Image, size: int) -> torch.Tensor:
+def face_tensor(image: Image.Image, size: int, grayscale: bool = False) -> torch.Tensor:
     """A face crop already in memory (a video frame's) as the loader gives one: resized to (size, size) as
     load_face resizes, uint8 [3, size, size]."""
-    return to_uint8_tensor(image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR))
+    return to_uint8_tensor(to_model_mode(image, grayscale).resize((size, size), Image.Resampling.BILINEAR))
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
@@ -424,17 +439,19 @@ class FaceDataset(Dataset):
     where they cost a fraction of what they cost per image on a loader core.
     """
 
-    def __init__(self, samples: list[Sample], img_size: int = 224, draft: bool = True) -> None:
+    def __init__(self, samples: list[Sample], img_size: int = 224, draft: bool = True,
+                 grayscale: bool = False) -> None:
         self.samples = samples
         self.img_size = img_size
         self.draft = draft  # False only to measure / compare against plain full-size decoding
+        self.grayscale = grayscale
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         sample = self.samples[i]
-        return to_uint8_tensor(load_face(sample, self.img_size, draft=self.draft)), sample.label
+        return to_uint8_tensor(load_face(sample, self.img_size, self.draft, self.grayscale)), sample.label
 
 
 def _grey(x: torch.Tensor) -> torch.Tensor:
@@ -475,18 +492,20 @@ def _hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class AugmentParams:
-    """One batch's augmentation draws, one value per image: flip yes/no and the four jitter factors."""
+    """One batch's augmentation draws, one value per image: flip yes/no and the four jitter factors; the affine
+    matrices [B, 2, 3] and erasing boxes [B, 5] (on, top, left, height, width as fractions) only when asked for."""
 
     flip: torch.Tensor
     brightness: torch.Tensor
     contrast: torch.Tensor
     saturation: torch.Tensor
     hue: torch.Tensor
+    affine: torch.Tensor | None = None
+    erase: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> AugmentParams:
         """The same draws on another device (to apply one batch's parameters on CPU and GPU alike)."""
-        return AugmentParams(*(getattr(self, k).to(device) for k in ("flip", "brightness", "contrast",
-                                                                      "saturation", "hue")))
+        return AugmentParams(*(None if v is None else v.to(device) for v in vars(self).values()))
 
 
 class BatchAugment:
@@ -507,15 +526,33 @@ class BatchAugment:
         a = self.augment
         u = torch.rand(5, batch, generator=generator, device=generator.device)
         factor = lambda strength, row: 1.0 + strength * (2.0 * u[row] - 1.0)  # uniform in [1 - x, 1 + x]
+        # The affine and erasing draws come after, and only when on: with them off a run draws what it always did.
+        affine = erase = None
+        if a.rotate or a.shift or a.scale:
+            g = 2.0 * torch.rand(4, batch, generator=generator, device=generator.device) - 1.0  # uniform [-1, 1]
+            angle, zoom = torch.deg2rad(a.rotate * g[0]), 1.0 + a.scale * g[3]
+            cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+            # affine_grid maps output to input coordinates in [-1, 1]: a shift of f of the side is 2f there.
+            affine = torch.stack([torch.stack([cos, -sin, 2.0 * a.shift * g[1]], 1),
+                                  torch.stack([sin, cos, 2.0 * a.shift * g[2]], 1)], 1)
+        if a.erase:
+            e = torch.rand(5, batch, generator=generator, device=generator.device)
+            area = 0.02 + (0.33 - 0.02) * e[1]
+            ratio = torch.exp(math.log(0.3) + (math.log(3.3) - math.log(0.3)) * e[2])
+            h, w = (area * ratio).sqrt().clamp(max=1.0), (area / ratio).sqrt().clamp(max=1.0)
+            erase = torch.stack([(e[0] < a.erase).float(), e[3] * (1 - h), e[4] * (1 - w), h, w], 1)
         return AugmentParams(flip=u[0] < a.hflip, brightness=factor(a.brightness, 1),
                              contrast=factor(a.contrast, 2), saturation=factor(a.saturation, 3),
-                             hue=a.hue * (2.0 * u[4] - 1.0))
+                             hue=a.hue * (2.0 * u[4] - 1.0), affine=affine, erase=erase)
 
     def apply(self, images: torch.Tensor, params: AugmentParams) -> torch.Tensor:
         """uint8 [B, 3, H, W] -> augmented float32 in [0, 1] (before normalisation)."""
         a = self.augment
         x = images.float().div_(255)
         x = torch.where(params.flip.view(-1, 1, 1, 1), x.flip(3), x)
+        if params.affine is not None:  # bilinear, black outside the image (torchvision RandomAffine's fill)
+            grid = torch.nn.functional.affine_grid(params.affine, list(x.shape), align_corners=False)
+            x = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         if a.brightness:
             x = (x * params.brightness.view(-1, 1, 1, 1)).clamp_(0, 1)
         if a.contrast:
@@ -526,11 +563,21 @@ class BatchAugment:
             hsv = _rgb_to_hsv(x)
             hsv[:, 0] = (hsv[:, 0] + params.hue.view(-1, 1, 1)).remainder(1.0)
             x = _hsv_to_rgb(hsv)
+        if params.erase is not None:
+            x = torch.where(_box_mask(params.erase, *x.shape[2:]), _constant(IMAGENET_MEAN, x.device), x)
         return x
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """uint8 [B, 3, H, W] on the generator's device -> augmented, normalised float32."""
         return normalize(self.apply(images, self.draw(images.shape[0], generator)).mul_(255))
+
+
+def _box_mask(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """[B, 1, H, W] True inside each image's box (on, top, left, height, width as fractions of the side)."""
+    on, top, left, h, w = (v.view(-1, 1, 1, 1) for v in boxes.unbind(1))
+    rows = (torch.arange(height, device=boxes.device).view(1, 1, -1, 1) + 0.5) / height
+    cols = (torch.arange(width, device=boxes.device).view(1, 1, 1, -1) + 0.5) / width
+    return (on > 0) & (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
 
 
 def make_loader(dataset: Dataset, batch_size: int, workers: int, shuffle: bool = False,

@@ -148,7 +148,8 @@ def infer_checkpoints(ckpts: Sequence[str], val_csv: str, data_root: str | None 
     samples = data.read_index(val_csv, data_root)
     dev = models.resolve_device(device)
     loaded = [(path, *models.load_model(path, dev)) for path in ckpts]  # all first: a mismatch fails before inference
-    model_classes, size = models.arch_classes(loaded[0][2]["arch"]), models.arch_img_size(loaded[0][2]["arch"])
+    first = loaded[0][2]["arch"]
+    model_classes, size, grayscale = models.arch_classes(first), models.arch_img_size(first), models.arch_grayscale(first)
     for path, _, meta in loaded[1:]:
         other_classes, other_size = models.arch_classes(meta["arch"]), models.arch_img_size(meta["arch"])
         if other_classes != model_classes:
@@ -157,9 +158,13 @@ def infer_checkpoints(ckpts: Sequence[str], val_csv: str, data_root: str | None 
         if other_size != size:
             raise data.UserError(f"{path}: image size {other_size} px differs from {ckpts[0]}'s {size} px; "
                                  "ensembled checkpoints need the same image size")
+        if models.arch_grayscale(meta["arch"]) != grayscale:
+            raise data.UserError(f"{path}: trained on {'grayscale' if not grayscale else 'colour'} faces, "
+                                 f"{ckpts[0]} on {'grayscale' if grayscale else 'colour'}; ensembled checkpoints "
+                                 "need the same input")
     # Before inference, so a checkpoint without counts fails in seconds.
     log_priors = torch.stack([log_prior(meta["arch"], path, classes) for path, _, meta in loaded]) if priors else None
-    loader = data.make_loader(data.FaceDataset(samples, img_size=size), batch_size=batch_size,
+    loader = data.make_loader(data.FaceDataset(samples, img_size=size, grayscale=grayscale), batch_size=batch_size,
                               workers=workers)
     plain, flipped, labels = [], [], None
     for path, model, _ in loaded:

@@ -57,11 +57,13 @@ def metadata(arch: dict, experiment: str | None, metrics: dict | None, img_size:
     return {
         "format": FORMAT, "version": str(VERSION),
         "model": arch["name"], "blocks": str(int(arch.get("blocks", 1))), "num_classes": str(int(arch["num_classes"])),
-        "classes": json.dumps(classes), "img_size": str(img_size),
+        "classes": json.dumps(classes), "img_size": str(img_size), "grayscale": str(models.arch_grayscale(arch)),
         # For evaluate.py --logit-adjust: the training class counts and sampler, as the checkpoint has them.
         "class_counts": json.dumps(arch.get("class_counts")), "sampler": arch.get("sampler") or "",
         "mean": json.dumps(list(data.IMAGENET_MEAN)), "std": json.dumps(list(data.IMAGENET_STD)),
-        "input": f"{INPUT_NAME}: float32 [N, 3, {img_size}, {img_size}], RGB scaled to 0-1, then (x - mean) / std",
+        "input": f"{INPUT_NAME}: float32 [N, 3, {img_size}, {img_size}], RGB scaled to 0-1, then (x - mean) / std"
+                 + ("; grayscale model: the face's luma (Pillow convert('L')) in all three channels"
+                    if models.arch_grayscale(arch) else ""),
         "output": f"{OUTPUT_NAME}: float32 [N, {len(classes)}], one logit per class in the order of 'classes'",
         "experiment": experiment or "", "metrics": json.dumps(metrics or {}),
         "opset": str(opset), "torch_version": torch.__version__,
@@ -145,7 +147,7 @@ def meta_of(model: OnnxModel, path: str | os.PathLike) -> dict:
         arch = {"name": props["model"], "blocks": int(props["blocks"]), "num_classes": int(props["num_classes"]),
                 "img_size": int(props["img_size"]), "classes": json.loads(props["classes"]),
                 "class_counts": json.loads(props.get("class_counts") or "null"),
-                "sampler": props.get("sampler") or None}
+                "sampler": props.get("sampler") or None, "grayscale": props.get("grayscale") == "True"}
         extra = {"mean": json.loads(props["mean"]), "std": json.loads(props["std"]),
                  "opset": int(props["opset"]), "metrics": json.loads(props.get("metrics") or "{}")}
     except (KeyError, ValueError) as err:

@@ -1,6 +1,8 @@
 """Facial expressions on images, folders, videos and a camera with a trained checkpoint.
 
-    python predict.py --ckpt best.pt INPUT ... [--camera N] [--detect] [--tta hflip] [--annotate] [--out DIR]
+    python predict.py [--ckpt best.pt] INPUT ... [--camera N] [--detect] [--tta hflip] [--annotate] [--out DIR]
+
+Without --ckpt it uses the released FER2013 model, pretrained/fer2013.pt (7 classes, 48 px grayscale faces).
 
 Images are face crops by default, read exactly as evaluate.py reads them; with --detect, faces are found first
 (--detector: MTCNN by default, or OpenCV's Haar cascades; see detectors.py) and each is classified. Videos and the
@@ -34,6 +36,8 @@ import models
 import plots
 from detectors import Box, FaceDetector, import_cv2, iou
 
+# The released model (pretrained/README.md is its card): what predict.py runs when no --ckpt is given.
+RELEASED_MODEL = Path(__file__).resolve().parent / "pretrained" / "fer2013.pt"
 VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 # Face batches are padded up to one of these sizes for the compiled path, so a video with 1-8 faces per frame
 # compiles at most four graphs instead of one per face count; larger batches run in chunks of the largest.
@@ -342,7 +346,7 @@ class OutputNames:
 # ---------------------------------------------------------------------------------------------------------------------
 
 def predict_images(sources: Sequence[Source], model: torch.nn.Module, device: torch.device, img_size: int,
-                   classes: Sequence[str], args: argparse.Namespace, detector: FaceDetector | None,
+                   grayscale: bool, classes: Sequence[str], args: argparse.Namespace, detector: FaceDetector | None,
                    names: OutputNames | None) -> list[list[Any]]:
     """CSV rows for image sources; faces read through data.FaceDataset and models.predict_logits (as evaluate.py)."""
     samples: list[data.Sample] = []
@@ -365,7 +369,8 @@ def predict_images(sources: Sequence[Source], model: torch.nn.Module, device: to
         print(f"{len(faces)} faces in {len(sources)} images ({without} without a face)", flush=True)
     probs = np.zeros((0, len(classes)))
     if samples:
-        loader = data.make_loader(data.FaceDataset(samples, img_size), args.batch_size, args.workers)
+        loader = data.make_loader(data.FaceDataset(samples, img_size, grayscale=grayscale), args.batch_size,
+                                  args.workers)
         logits, _ = models.predict_logits(model, loader, device, amp=args.amp, hflip=args.tta == "hflip",
                                           progress="images")
         probs = torch.softmax(logits, dim=1).double().numpy()
@@ -524,9 +529,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="*", metavar="INPUT",
                    help="image files, video files, or folders (searched recursively for both)")
-    p.add_argument("--ckpt", required=True,
+    p.add_argument("--ckpt", default=None,
                    help="checkpoint written by train.py (best.pt), or a model exported by export.py (.onnx), which "
-                        "ONNX Runtime runs")
+                        "ONNX Runtime runs (default: the released FER2013 model, pretrained/fer2013.pt)")
     p.add_argument("--camera", type=int, default=None, metavar="N",
                    help="also read camera N (OpenCV index); stop with Ctrl-C or --max-frames")
     p.add_argument("--detect", action="store_true",
@@ -576,6 +581,10 @@ def _check_args(args: argparse.Namespace) -> None:
 def main(args: argparse.Namespace) -> None:
     """Predict on every input and write OUT/predictions.csv (+ annotated copies)."""
     _check_args(args)
+    ckpt = args.ckpt or str(RELEASED_MODEL)
+    if args.ckpt is None:
+        print(f"no --ckpt: using the released FER2013 model {RELEASED_MODEL} (7 classes, 48 px grayscale; see "
+              "pretrained/README.md)", flush=True)
     out_dir = Path(args.out)
     sources = collect_sources(args.inputs, args.camera, out_dir)
     images = [s for s in sources if s.kind == "image"]
@@ -587,7 +596,7 @@ def main(args: argparse.Namespace) -> None:
     if args.detect:
         cv2 = import_cv2("--detect")
     detector = detectors.build(args.detector, cv2, min_face=args.min_face) if cv2 is not None else None
-    onnx = Path(args.ckpt).suffix.lower() == ".onnx"
+    onnx = Path(ckpt).suffix.lower() == ".onnx"
     if onnx and args.fast == "on":
         raise data.UserError("--fast on: the compiled path is for .pt checkpoints; an .onnx model runs through "
                              "ONNX Runtime (drop --fast)")
@@ -599,23 +608,24 @@ def main(args: argparse.Namespace) -> None:
             check_video(cv2, src.path)
 
     device = models.resolve_device(args.device)
-    model, meta = models.load_model(args.ckpt, device)
+    model, meta = models.load_model(ckpt, device)
     arch = meta["arch"]
     img_size = models.arch_img_size(arch)
     classes = list(models.arch_classes(arch))
     names = OutputNames(out_dir / "annotated") if args.annotate else None
-    print(f"{args.ckpt}: {arch['name']} at {img_size} px on {device}; {len(images)} images, {len(videos)} videos"
+    print(f"{ckpt}: {arch['name']} at {img_size} px on {device}; {len(images)} images, {len(videos)} videos"
           + (f"; faces found by {detector.name}" if detector is not None and (videos or args.detect) else ""),
           flush=True)
 
-    rows = predict_images(images, model, device, img_size, classes, args, detector if args.detect else None,
-                          names) if images else []
+    grayscale = models.arch_grayscale(arch)
+    rows = predict_images(images, model, device, img_size, grayscale, classes, args,
+                          detector if args.detect else None, names) if images else []
     if videos:
         classifier = FaceClassifier(model, device, img_size, fast=not onnx and use_fast_path(args.fast, device),
                                     hflip=args.tta == "hflip", amp=args.amp)
         classifier.warm_up(1)  # the common case, one face, is ready before the clock starts
         print(f"model path: {classifier.describe()} (ready in {classifier.warmup_s:.1f} s)", flush=True)
-        transform = functools.partial(data.face_tensor, size=img_size)
+        transform = functools.partial(data.face_tensor, size=img_size, grayscale=grayscale)
         for src in videos:
             video_rows, stats = predict_video(src, cv2, classifier, detector, transform, classes, args, names)
             rows += video_rows

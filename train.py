@@ -62,7 +62,10 @@ except ImportError:  # Windows
 # The settings that define a run. Resuming with any of them changed would not continue the same run
 # (e.g. --epochs sets the cosine schedule's length), so --resume refuses instead of mixing recipes.
 RECIPE_KEYS = ("model", "blocks", "img_size", "hflip", "jitter", "loss", "gamma", "alpha", "epochs", "batch_size",
-               "lr", "weight_decay", "warmup_epochs", "ema", "ema_decay", "clip_grad", "patience", "seed", "sampler")
+               "lr", "weight_decay", "warmup_epochs", "ema", "ema_decay", "clip_grad", "patience", "seed", "sampler",
+               "grayscale", "affine", "erase")
+# Recipe keys added after the first checkpoints: a last.pt that lacks one was trained with this value.
+RECIPE_ADDED = {"grayscale": False, "affine": [0.0, 0.0, 0.0], "erase": 0.0}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -81,6 +84,14 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="training colour jitter: brightness, contrast, saturation (factor in [1-x, 1+x]) and hue "
                         "(shift in [-x, x] turns), as torchvision's ColorJitter (default: 0.2,0.2,0.2,0.02; "
                         "0,0,0,0 = off)")
+    g.add_argument("--affine", type=parse_affine, default=parse_affine("0,0,0"), metavar="DEG,SHIFT,SCALE",
+                   help="random affine per training image: rotation in [-DEG, DEG], shift up to SHIFT of the side, "
+                        "zoom in [1-SCALE, 1+SCALE] (default: 0,0,0 = off; not in the thesis)")
+    g.add_argument("--erase", type=probability, default=0.0,
+                   help="random-erasing probability per training image (default: 0 = off; not in the thesis)")
+    g.add_argument("--grayscale", action="store_true",
+                   help="train on grayscale faces; recorded in the checkpoint, so every script feeds the model "
+                        "grayscale (for grayscale data such as FER2013)")
     g.add_argument("--sampler", choices=("shuffle", "balanced"), default="shuffle",
                    help="shuffle: every image once per epoch (thesis); balanced: inverse class frequency, "
                         "with replacement, same number of draws (beyond the thesis)")
@@ -163,9 +174,21 @@ def parse_jitter(text: str) -> list[float]:
     return values
 
 
+def parse_affine(text: str) -> list[float]:
+    """argparse type: rotation degrees in [0, 180], shift and zoom fractions in [0, 0.5], comma-separated."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 3 or not 0 <= values[0] <= 180 or not all(0 <= v <= 0.5 for v in values[1:]):
+        raise argparse.ArgumentTypeError(f"expected DEG,SHIFT,SCALE with DEG in [0, 180] and SHIFT, SCALE in "
+                                         f"[0, 0.5], got {text!r}")
+    return values
+
+
 def augment_from(args: argparse.Namespace) -> data.Augment:
     """The training augmentation the flags ask for."""
-    return data.Augment(args.hflip, *args.jitter)
+    return data.Augment(args.hflip, *args.jitter, *args.affine, args.erase)
 
 
 def parse_alpha(text: str) -> str | list[float]:
@@ -299,8 +322,8 @@ def check_resume(out: Path, resume: bool, recipe: dict) -> dict | None:
     state = checkpoint.get("train_state")
     if not isinstance(state, dict) or "recipe" not in state:
         raise models.CheckpointError(f"{path}: no training state to resume from (a best.pt-style checkpoint?)")
-    changed = [f"{key} {state['recipe'].get(key)!r} -> {value!r}"
-               for key, value in recipe.items() if state["recipe"].get(key) != value]
+    trained = RECIPE_ADDED | state["recipe"]
+    changed = [f"{key} {trained.get(key)!r} -> {value!r}" for key, value in recipe.items() if trained.get(key) != value]
     if changed:
         raise data.UserError(f"--resume: {path} was trained with other settings ({'; '.join(changed)}); "
                              "pass its original flags, or pick another --out for a new run")
@@ -652,7 +675,8 @@ def write_history(path: Path, rows: list[dict]) -> None:
 def main(args: argparse.Namespace) -> None:
     """Run (or resume) one training run."""
     with distributed(args.device) as (device, rank, world), contextlib.ExitStack() as cleanup:
-        args.amp_on = args.amp and device.type == "cuda"
+        # On a CPU only bfloat16 autocast is offered (it runs on AVX-512 BF16 / AMX units; float16 would not).
+        args.amp_on = args.amp and (device.type == "cuda" or args.amp_dtype == "bfloat16")
         # Inputs first: a missing file stops the run in seconds, before any model is built.
         classes = read_classes(args)
         train_samples = data.read_index(args.train_csv, args.data_root, check_files=True)
@@ -699,7 +723,7 @@ def main(args: argparse.Namespace) -> None:
         optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
                                       fused=device.type in ("cuda", "cpu"))
 
-        train_set = data.FaceDataset(train_samples, args.img_size)
+        train_set = data.FaceDataset(train_samples, args.img_size, grayscale=args.grayscale)
         augment = data.BatchAugment(augment_from(args))
         if args.sampler == "balanced":
             sampler = BalancedSampler([s.label for s in train_samples], args.seed, rank, world)
@@ -713,7 +737,7 @@ def main(args: argparse.Namespace) -> None:
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, warmup_cosine(args.epochs * steps, round(args.warmup_epochs * steps)))
         scaler = torch.amp.GradScaler("cuda") if args.amp_on and args.amp_dtype == "float16" else None
-        val_set = data.FaceDataset(val_samples, args.img_size)
+        val_set = data.FaceDataset(val_samples, args.img_size, grayscale=args.grayscale)
         # DDP validation shards: rank r predicts images r, r + world, ... (no padding, no duplicates).
         val_shard = Subset(val_set, range(rank, len(val_set), world)) if world > 1 else val_set
         val_loader = data.make_loader(val_shard, batch, args.workers, seed=args.seed)
@@ -736,7 +760,8 @@ def main(args: argparse.Namespace) -> None:
             train_model = torch.compile(train_model)
 
         arch = {"name": args.model, "blocks": args.blocks, "num_classes": len(classes), "img_size": args.img_size,
-                "classes": list(classes), "class_counts": counts, "sampler": args.sampler}
+                "classes": list(classes), "class_counts": counts, "sampler": args.sampler,
+                "grayscale": args.grayscale, "normalization": "imagenet"}
         params = models.count_params(model)
 
         def save_last(progress: EpochProgress | None, val: dict | None = None) -> None:

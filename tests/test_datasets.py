@@ -113,6 +113,106 @@ def test_fer2013_converter_writes_pngs_and_one_index_per_split(tmp_path):
     assert data.read_classes(tmp_path / "fer" / "val.csv") == tuple(BASIC7)
 
 
+FER_FOLDERS = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]  # as FER2013's JPEG copies name them
+
+
+def grey_jpeg(path: Path, seed: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (48, 48), dtype=np.uint8), mode="L").save(path)
+
+
+def make_fer2013_folder(root: Path, test_folders: dict[str, tuple[str, ...]]) -> Path:
+    """FER2013 as JPEG class folders: one Training_ image per class under train/ (two happy), and per test folder
+    (name -> the prefixes it holds) one image per prefix in each of angry, happy and surprise."""
+    n = 0
+    for name in FER_FOLDERS + ["happy"]:
+        n += 1
+        grey_jpeg(root / "train" / name / f"Training_{n}.jpg", n)
+    for folder, prefixes in test_folders.items():
+        for name in ("angry", "happy", "surprise"):
+            for prefix in prefixes:
+                n += 1
+                grey_jpeg(root / folder / name / f"{prefix}_{n}.jpg", n)
+    return root
+
+
+def index_rows(csv_path: Path) -> list[tuple[str, str]]:
+    """(file name, class name) of every row; each path names a file relative to the CSV's folder."""
+    rows = read_csv(csv_path)
+    assert all((csv_path.parent / r["path"]).is_file() for r in rows)
+    return [(Path(r["path"]).name, BASIC7[int(r["label"])]) for r in rows]
+
+
+def test_fer2013_folder_with_mixed_test_splits_by_prefix_and_counts_drops(tmp_path):
+    root = make_fer2013_folder(tmp_path / "FER", {"test": ("PublicTest", "PrivateTest")})
+    grey_jpeg(root / "train" / "contempt" / "Training_900.jpg", 900)      # not a FER2013 class
+    grey_jpeg(root / "train" / "happy" / "image_901.jpg", 901)            # no split prefix
+    grey_jpeg(root / "train" / "sad" / "PublicTest_902.jpg", 902)         # a test image under train/
+    grey_jpeg(root / "test" / "fear" / "Training_903.jpg", 903)           # a training image under test/
+    grey_jpeg(root / "test" / "Training_904.jpg", 904)                    # not in a class folder
+    (root / "train" / "happy" / "notes.txt").write_text("not an image")
+    (root / "test" / "happy" / "PrivateTest_905.txt").write_text("not an image")
+    result = cli("fer2013", "--root", root, "--out", tmp_path / "idx")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    # A drop counts under the split its name claims (PublicTest_902 under val.csv), else its folder's.
+    assert "train.csv: kept 8, dropped 5" in out and "val.csv: kept 3, dropped 1" in out
+    assert "test.csv: kept 3, dropped 1" in out
+    for reason in ("unknown class folder 'contempt'", "file name has no Training_/PublicTest_/PrivateTest_ prefix",
+                   "PublicTest_ file under train/ (its name and folder disagree)",
+                   "Training_ file under test/ (its name and folder disagree)", "not in a class folder"):
+        assert f"dropped 1: {reason}" in out
+    assert out.count("dropped 1: not an image file extension") == 2  # notes.txt (train), PrivateTest_905.txt (test)
+    idx = tmp_path / "idx"
+    assert sorted(p.name for p in idx.iterdir()) == ["classes.txt", "test.csv", "train.csv", "val.csv"]  # no copies
+    train_rows = index_rows(idx / "train.csv")
+    assert len(train_rows) == 8 and all(name.startswith("Training_") for name, _ in train_rows)
+    assert sorted({c for _, c in train_rows}) == sorted(BASIC7)  # angry -> anger, ...
+    assert dict(train_rows)["Training_1.jpg"] == "anger"
+    assert all(name.startswith("PublicTest_") for name, _ in index_rows(idx / "val.csv"))
+    test_rows = index_rows(idx / "test.csv")
+    assert len(test_rows) == 3 and all(name.startswith("PrivateTest_") for name, _ in test_rows)
+    assert sorted(c for _, c in test_rows) == ["anger", "happy", "surprise"]
+    for split in ("train", "val", "test"):
+        samples = data.read_index(idx / f"{split}.csv")
+        assert all(Path(s.file).resolve().is_relative_to(root.resolve()) for s in samples)  # referenced in place
+
+
+@pytest.mark.parametrize("private", [False, True])
+def test_fer2013_folder_publictest_layout_gives_the_csv_converters_classes(tmp_path, private):
+    folders = {"PublicTest": ("PublicTest",), **({"privatetest": ("PrivateTest",)} if private else {})}
+    root = make_fer2013_folder(tmp_path / "FER", folders)
+    (root / "train").rename(root / "Train")  # split folder names are matched in any case
+    result = cli("fer2013", "--csv", root, "--out", tmp_path / "idx")  # the CSV's flag takes a folder too
+    assert result.returncode == 0, result.stderr
+    assert "train.csv: kept 8, dropped 0" in result.stdout and "val.csv: kept 3, dropped 0" in result.stdout
+    assert ("test.csv: kept 3, dropped 0" in result.stdout) == private
+    assert ("no PrivateTest_ images: test.csv not written" in result.stdout) == (not private)
+    assert (tmp_path / "idx" / "test.csv").exists() == private
+    csv_input = write_csv(tmp_path / "fer2013.csv", ["emotion", "pixels", "Usage"], fer2013_rows())
+    from_csv = cli("fer2013", "--root", csv_input, "--out", tmp_path / "from_csv")  # and --root takes the CSV
+    assert from_csv.returncode == 0, from_csv.stderr
+    assert (tmp_path / "idx" / "classes.txt").read_text() == (tmp_path / "from_csv" / "classes.txt").read_text()
+    assert data.read_classes(tmp_path / "idx" / "train.csv") == tuple(BASIC7)
+    splits = ("train", "val", "test") if private else ("train", "val")
+    assert [len(data.read_index(tmp_path / "idx" / f"{s}.csv")) for s in splits] == [8, 3, 3][:len(splits)]
+
+
+def test_fer2013_folder_errors_are_one_line(tmp_path):
+    (tmp_path / "FER" / "test" / "happy").mkdir(parents=True)
+    grey_jpeg(tmp_path / "FER" / "test" / "happy" / "PublicTest_1.jpg", 1)
+    for source, message in [(tmp_path / "FER", "no train/ folder"),
+                            (tmp_path / "missing", "FER2013 CSV or folder not found")]:
+        result = cli("fer2013", "--root", source, "--out", tmp_path / "idx")
+        assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+        assert message in result.stderr and str(source) in result.stderr and "Traceback" not in result.stderr
+    (tmp_path / "FER" / "train" / "happy").mkdir(parents=True)
+    (tmp_path / "FER" / "train" / "happy" / "notes.txt").write_text("not an image")
+    with pytest.raises(data.UserError, match="no usable Training_ images"):
+        converters.convert_fer2013(tmp_path / "FER", tmp_path / "idx")
+    assert not (tmp_path / "idx").exists()
+
+
 @pytest.mark.parametrize("votes, expected", [
     ([6, 2, 1, 0, 1, 0, 0, 0, 0, 0], 0),                         # clear neutral
     ([0, 0, 1, 0, 0, 0, 0, 5, 3, 1], 7),                         # contempt beats unknown and NF

@@ -47,7 +47,7 @@ def test_parameter_counts_match_table7(built):
             assert models.count_params(built[name[0]]) == TABLE7[name][0]
 
 
-@pytest.mark.parametrize("name", models.BACKBONES)
+@pytest.mark.parametrize("name", [name for name, spec in models.BACKBONES.items() if spec.weights is not None])
 def test_backbone_counts_are_torchvisions_with_an_8_class_head(built, name):
     # torchvision publishes each ImageNet model's size; ours swaps the 1000-class head for an 8-class one.
     spec = models.BACKBONES[name]
