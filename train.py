@@ -258,6 +258,41 @@ def default_experiment(args: argparse.Namespace) -> str:
     return "_".join(parts)
 
 
+@dataclass(frozen=True)
+class RunInputs:
+    """What the flags and the index CSVs fix before anything is built: data, recipe, run id and folder."""
+
+    experiment: str
+    out: Path
+    classes: tuple[str, ...]
+    train_samples: list[data.Sample]
+    val_samples: list[data.Sample]
+    alpha: list[float] | None
+    batch: int  # per process
+    recipe: dict  # RECIPE_KEYS and the data they saw: --resume refuses another
+    arch: dict  # the model's description, stored in every checkpoint
+
+
+def read_inputs(args: argparse.Namespace, world: int) -> RunInputs:
+    """Read and check the index CSVs and the flags that depend on them; any problem is a data.UserError."""
+    # Inputs first: a missing file stops the run in seconds, before any model is built.
+    classes = read_classes(args)
+    train_samples = data.read_index(args.train_csv, args.data_root, check_files=True)
+    val_samples = data.read_index(args.val_csv, args.data_root, check_files=True)
+    counts = data.class_counts(train_samples, len(classes))
+    alpha = resolve_alpha(args, counts, classes)
+    if args.batch_size % world:
+        raise data.UserError(f"--batch-size {args.batch_size} does not split evenly over {world} processes")
+    experiment = args.experiment or default_experiment(args)
+    recipe = {key: getattr(args, key) for key in RECIPE_KEYS} | {
+        "alpha": alpha, "train_images": len(train_samples), "classes": list(classes)}
+    arch = {"name": args.model, "blocks": args.blocks, "num_classes": len(classes), "img_size": args.img_size,
+            "classes": list(classes), "class_counts": counts, "sampler": args.sampler,
+            "grayscale": args.grayscale, "normalization": "imagenet"}
+    return RunInputs(experiment, Path(args.out or Path("results") / experiment), classes, train_samples,
+                     val_samples, alpha, args.batch_size // world, recipe, arch)
+
+
 def lock_run_folder(out: Path) -> IO | None:
     """Hold out/.lock for this process's lifetime; another live run on the folder is an error naming it.
 
@@ -284,6 +319,19 @@ def lock_run_folder(out: Path) -> IO | None:
     file.write(f"pid {os.getpid()} on {platform.node()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
     file.flush()
     return file
+
+
+def claim_run_folder(out: Path, cleanup: contextlib.ExitStack) -> None:
+    """Make the run folder and lock it until main ends; drop the temp files of a run killed (-9) mid-write."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise data.write_error(out, err) from None
+    lock = lock_run_folder(out)
+    if lock is not None:
+        cleanup.callback(lock.close)  # released on every way out of main, errors included
+    for stale in out.glob(".*.tmp"):
+        stale.unlink()
 
 
 def _readable(path: Path) -> dict | None:
@@ -374,6 +422,38 @@ class BalancedSampler(Sampler[int]):
         return self.num_samples
 
 
+class Loaders:
+    """The run's data: a fresh training loader per epoch and this process's validation loader."""
+
+    def __init__(self, args: argparse.Namespace, inputs: RunInputs, rank: int, world: int) -> None:
+        self.batch, self.workers, self.seed, self.rank = inputs.batch, args.workers, args.seed, rank
+        self.train_set = data.FaceDataset(inputs.train_samples, args.img_size, grayscale=args.grayscale)
+        self.sampler: DistributedSampler | BalancedSampler
+        if args.sampler == "balanced":
+            self.sampler = BalancedSampler([s.label for s in inputs.train_samples], args.seed, rank, world)
+        else:
+            # Also for one process: its per-epoch shuffle depends on (seed, epoch) only, so resume is exact.
+            self.sampler = DistributedSampler(self.train_set, num_replicas=world, rank=rank, shuffle=True,
+                                              seed=args.seed)
+        self.steps = len(self.sampler) // self.batch  # full batches only
+        if self.steps == 0:
+            raise data.UserError(f"{args.train_csv}: {len(inputs.train_samples)} images give no full batch of "
+                                 f"{args.batch_size}; lower --batch-size")
+        val_set = data.FaceDataset(inputs.val_samples, args.img_size, grayscale=args.grayscale)
+        self.val_size = len(val_set)  # evaluate gathers the shards back into the whole set
+        # DDP validation shards: rank r predicts images r, r + world, ... (no padding, no duplicates).
+        val_shard = Subset(val_set, range(rank, len(val_set), world)) if world > 1 else val_set
+        self.val_loader = data.make_loader(val_shard, self.batch, args.workers, seed=args.seed)
+
+    def epoch_loader(self, epoch: int, done: EpochProgress | None) -> DataLoader:
+        """The epoch's batches after the `done` steps."""
+        self.sampler.set_epoch(epoch)
+        sampler = ResumedSampler(self.sampler, done.step * self.batch) if done else self.sampler
+        # A fresh loader per epoch from a (seed, epoch, rank) generator: what it yields depends on nothing else.
+        return data.make_loader(self.train_set, self.batch, self.workers, sampler=sampler,
+                                seed=epoch_seed(self.seed, epoch, self.rank), drop_last=True)
+
+
 def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     """LambdaLR factor per step: linear warmup to 1 over warmup_steps, then cosine to 0 at total_steps."""
     def factor(step: int) -> float:
@@ -382,6 +462,71 @@ def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]
         progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
         return 0.5 * (1.0 + math.cos(math.pi * progress))
     return factor
+
+
+@dataclass
+class Training:
+    """The live objects of a training step (last.pt holds their state)."""
+
+    model: nn.Module  # the bare model: what checkpoints hold
+    train_model: nn.Module  # what the steps call: the model under DDP and/or torch.compile (see wrap)
+    augment: data.BatchAugment
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None
+    ema: models.ModelEMA | None
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights validated and kept as best.pt: the EMA's with --ema."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def state_dict(self) -> dict:
+        """The optimizer, schedule, loss-scale and EMA states (last.pt's training state besides the weights)."""
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "ema": self.ema.state_dict() if self.ema is not None else None}
+
+    def load(self, checkpoint: dict) -> None:
+        """Restore the weights and state_dict() from a last.pt."""
+        state = checkpoint["train_state"]
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state["scaler"] is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+
+    def wrap(self, compile_model: bool) -> None:
+        """Set train_model: DDP when distributed, then torch.compile if asked (once the weights are restored)."""
+        self.train_model = DistributedDataParallel(self.model) if dist.is_initialized() else self.model
+        if compile_model:
+            self.train_model = torch.compile(self.train_model)
+
+
+def build_training(args: argparse.Namespace, inputs: RunInputs, cfg: StepConfig, resuming: bool) -> Training:
+    """Model (on cfg.device), augmentation, loss, AdamW, warmup-cosine schedule, GradScaler and EMA per the flags."""
+    # On resume the weights come from last.pt, so no ImageNet download is needed.
+    model = models.build_model(args.model, num_classes=len(inputs.classes), blocks=args.blocks,
+                               weights="none" if resuming else args.weights)
+    model.to(cfg.device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    ema = models.ModelEMA(model, decay=args.ema_decay) if args.ema else None
+    criterion = (nn.CrossEntropyLoss() if args.loss == "ce"
+                 else losses.FocalLoss(args.gamma, inputs.alpha)).to(cfg.device)
+    # fused: one kernel for the whole update instead of a handful per parameter tensor (on a 2-core
+    # CPU the unfused update of ConvNeXt-Tiny takes ~110 ms a step, the fused one ~30 ms), and with a
+    # GradScaler it checks for inf gradients on the device instead of waiting for a read.
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
+                                  fused=cfg.device.type in ("cuda", "cpu"))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(args.epochs * cfg.steps, round(args.warmup_epochs * cfg.steps)))
+    scaler = torch.amp.GradScaler("cuda") if cfg.amp_on and cfg.amp_dtype == "float16" else None
+    return Training(model, model, data.BatchAugment(augment_from(args)), criterion, optimizer, scheduler,
+                    scaler, ema)
 
 
 def rng_state() -> dict:
@@ -402,6 +547,18 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def restore(training: Training, checkpoint: dict | None) -> tuple[dict, EpochProgress | None]:
+    """The run's progress and the unfinished epoch's; resuming, training and the RNGs continue from last.pt."""
+    run = {"epoch": 0, "best": None, "bad_epochs": 0, "history": [], "finished": False, "stop_reason": None}
+    if checkpoint is None:
+        return run, None
+    state = checkpoint["train_state"]
+    training.load(checkpoint)
+    run |= {key: state[key] for key in ("epoch", "best", "bad_epochs", "history")}
+    set_rng_state(state["rng"])
+    return run, EpochProgress(**state["partial"]) if state.get("partial") else None
 
 
 # --- Stopping and checkpoint positions ---
@@ -448,6 +605,14 @@ def resume_command(world: int, resume: bool) -> str:
     return shlex.join(launcher + argv)
 
 
+def interrupted(log: Callable[[str], None], out: Path, where: str, kept: str, signum: int, world: int) -> NoReturn:
+    """Say what was kept and how to go on, then exit 128 + signal (130 SIGINT, 143 SIGTERM, 129 SIGHUP)."""
+    signum = signum or signal.SIGTERM  # a DDP rank that only heard of the signal through the all-reduce
+    log(f"stopped by {signal.Signals(signum).name} {where}; {out / 'last.pt'} holds {kept}. "
+        f"Resume with: {resume_command(world, True)}")
+    raise SystemExit(128 + signum)
+
+
 @dataclass
 class EpochProgress:
     """How far an epoch got: steps done and the running sums its history row needs. A mid-epoch last.pt
@@ -489,6 +654,36 @@ SYNC_S = 2.0
 DDP_SYNC_STEPS = 20
 
 
+@dataclass(frozen=True)
+class StepConfig:
+    """The settings the training steps read: the flags that shape a step and where the run stands."""
+
+    device: torch.device
+    rank: int
+    world: int
+    epochs: int
+    steps: int  # per epoch
+    seed: int
+    amp_on: bool
+    amp_dtype: str  # "float16" | "bfloat16"
+    channels_last: bool
+    clip_grad: float | None
+    checkpoint_every: float  # minutes; 0 = at epoch ends only
+    log_interval_s: float
+    debug_nan_at_step: int | None = None
+    debug_signal: tuple[int, int, int] | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, device: torch.device, rank: int, world: int,
+                  steps: int) -> StepConfig:
+        """The flags' values; mixed precision only where the device offers it."""
+        # On a CPU only bfloat16 autocast is offered (it runs on AVX-512 BF16 / AMX units; float16 would not).
+        amp_on = args.amp and (device.type == "cuda" or args.amp_dtype == "bfloat16")
+        return cls(device, rank, world, args.epochs, steps, args.seed, amp_on, args.amp_dtype, args.channels_last,
+                   args.clip_grad, args.checkpoint_every, args.log_interval_s, args.debug_nan_at_step,
+                   args.debug_signal)
+
+
 def step_generator(seed: int, epoch: int, step: int, rank: int, device: torch.device) -> torch.Generator:
     """The augmentation draws of one step: seeded by (seed, epoch, step, rank) only, so they do not depend on the
     loader workers and a run resumed at a step draws what the uninterrupted run drew."""
@@ -496,12 +691,43 @@ def step_generator(seed: int, epoch: int, step: int, rank: int, device: torch.de
     return torch.Generator(device=device).manual_seed(seed)
 
 
-def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler, loader: DataLoader, augment: data.BatchAugment,
-                    device: torch.device, epoch: int, steps: int, args: argparse.Namespace,
-                    log: Callable[[str], None], stop: StopFlag, rank: int, world: int,
-                    scaler: torch.amp.GradScaler | None = None, ema: models.ModelEMA | None = None,
-                    done: EpochProgress | None = None,
+def train_step(training: Training, inputs: torch.Tensor, labels: torch.Tensor, cfg: StepConfig, epoch: int,
+               step: int) -> tuple[torch.Tensor, float]:
+    """One optimisation step on a loader batch: (its detached loss, the lr it used)."""
+    generator = step_generator(cfg.seed, epoch, step, cfg.rank, cfg.device)
+    inputs = training.augment(inputs.to(cfg.device, non_blocking=True), generator)
+    if cfg.channels_last:
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    labels = labels.to(cfg.device, non_blocking=True)
+    amp_dtype = torch.bfloat16 if cfg.amp_dtype == "bfloat16" else torch.float16
+    with models.autocast(cfg.device, cfg.amp_on, amp_dtype):
+        logits = training.train_model(inputs)
+    loss = training.criterion(logits.float(), labels)
+    if cfg.debug_nan_at_step == (epoch - 1) * cfg.steps + step:
+        loss = loss * float("nan")
+    optimizer, scaler = training.optimizer, training.scaler
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # clipping must see the true gradients
+    else:
+        loss.backward()
+    if cfg.clip_grad is not None:
+        nn.utils.clip_grad_norm_(training.train_model.parameters(), cfg.clip_grad)
+    if scaler is not None:
+        scaler.step(optimizer)  # the fused AdamW takes the inf check on the device: no sync
+        scaler.update()
+    else:
+        optimizer.step()
+    lr = optimizer.param_groups[0]["lr"]
+    training.scheduler.step()
+    if training.ema is not None:
+        training.ema.update(training.train_model)
+    return loss.detach(), lr
+
+
+def train_one_epoch(training: Training, loader: DataLoader, cfg: StepConfig, epoch: int, log: Callable[[str], None],
+                    stop: StopFlag, done: EpochProgress | None = None,
                     checkpoint: Callable[[EpochProgress], None] | None = None) -> dict:
     """The epoch's remaining steps (after `done`): {"train_loss", "lr", "seconds", "images_per_s", "data_wait"}.
 
@@ -509,66 +735,38 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
     arrives (then Interrupted is raised). A non-finite loss raises NonFiniteLoss before any checkpoint is written,
     naming the first bad step.
     """
-    model.train()
+    training.train_model.train()
     done = done or EpochProgress()
-    amp_dtype = torch.bfloat16 if args.amp_dtype == "bfloat16" else torch.float16
     # Device-side running sums: adding to them queues work instead of waiting for it.
-    loss_sum = torch.tensor(done.loss_sum, dtype=torch.float64, device=device)
-    counter = torch.tensor(done.step, device=device)
-    first_bad = torch.tensor(-1, device=device)
-    bad_value = torch.tensor(0.0, device=device)
-    images, waited, lr = done.images, 0.0, optimizer.param_groups[0]["lr"]
+    loss_sum = torch.tensor(done.loss_sum, dtype=torch.float64, device=cfg.device)
+    counter = torch.tensor(done.step, device=cfg.device)
+    first_bad = torch.tensor(-1, device=cfg.device)
+    bad_value = torch.tensor(0.0, device=cfg.device)
+    images, waited, lr = done.images, 0.0, training.optimizer.param_groups[0]["lr"]
     start = last_sync = last_print = last_save = ready = time.perf_counter()
-    synced_step = done.step
+    synced_step, steps = done.step, cfg.steps
     for step, (inputs, labels) in enumerate(loader, done.step + 1):
         waited += time.perf_counter() - ready  # time spent blocked on the loader
-        if args.debug_signal is not None and args.debug_signal[:2] == (epoch, step):
-            os.kill(os.getpid(), args.debug_signal[2])
-        generator = step_generator(args.seed, epoch, step, rank, device)
-        inputs = augment(inputs.to(device, non_blocking=True), generator)
-        if args.channels_last:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        labels = labels.to(device, non_blocking=True)
-        with models.autocast(device, args.amp_on, amp_dtype):
-            logits = model(inputs)
-        loss = criterion(logits.float(), labels)
-        if args.debug_nan_at_step == (epoch - 1) * steps + step:
-            loss = loss * float("nan")
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)  # clipping must see the true gradients
-        else:
-            loss.backward()
-        if args.clip_grad is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
-        if scaler is not None:
-            scaler.step(optimizer)  # the fused AdamW takes the inf check on the device: no sync
-            scaler.update()
-        else:
-            optimizer.step()
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
-        if ema is not None:
-            ema.update(model)
-        loss = loss.detach()
+        if cfg.debug_signal is not None and cfg.debug_signal[:2] == (epoch, step):
+            os.kill(os.getpid(), cfg.debug_signal[2])
+        loss, lr = train_step(training, inputs, labels, cfg, epoch, step)
         counter += 1
         newly_bad = ~torch.isfinite(loss) & (first_bad < 0)
         first_bad = torch.where(newly_bad, counter, first_bad)
         bad_value = torch.where(newly_bad, loss, bad_value)
         loss_sum += loss
-        images += inputs.shape[0] * world
+        images += inputs.shape[0] * cfg.world
         ready = time.perf_counter()
 
-        if device.type == "cuda" and step < steps and not (stop.signum and world == 1):
-            if world == 1 and ready - last_sync < SYNC_S or world > 1 and step % DDP_SYNC_STEPS:
+        if cfg.device.type == "cuda" and step < steps and not (stop.signum and cfg.world == 1):
+            if cfg.world == 1 and ready - last_sync < SYNC_S or cfg.world > 1 and step % DDP_SYNC_STEPS:
                 continue
         # A sync point: one read of the device sums (under DDP one all-reduce, so every rank decides alike).
-        save_due = args.checkpoint_every > 0 and ready - last_save >= 60 * args.checkpoint_every
-        status = torch.stack([loss_sum, (first_bad >= 0).double(), torch.tensor(float(stop.signum), device=device,
-                                                                                 dtype=torch.float64),
-                              torch.tensor(float(save_due and rank == 0), device=device, dtype=torch.float64)])
-        if world > 1:
+        save_due = cfg.checkpoint_every > 0 and ready - last_save >= 60 * cfg.checkpoint_every
+        f64 = {"device": cfg.device, "dtype": torch.float64}
+        status = torch.stack([loss_sum, (first_bad >= 0).double(), torch.tensor(float(stop.signum), **f64),
+                              torch.tensor(float(save_due and cfg.rank == 0), **f64)])
+        if cfg.world > 1:
             dist.all_reduce(status)
         total_loss, bad, stopping, save_due = status.tolist()
         last_sync = time.perf_counter()
@@ -578,7 +776,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
             raise NonFiniteLoss(f"the loss became non-finite {where}; stopped before it reached a checkpoint. "
                                 "Try a lower --lr, --clip-grad 1.0 or --amp-dtype bfloat16")
         synced_step = step
-        progress = EpochProgress(step, total_loss / world, images, done.seconds + last_sync - start)
+        progress = EpochProgress(step, total_loss / cfg.world, images, done.seconds + last_sync - start)
         if stopping and step < steps:
             if checkpoint is None:
                 raise Interrupted(f"epoch {epoch} step {step}/{steps}", f"epoch {epoch - 1} (this one is lost)")
@@ -587,10 +785,10 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
         if save_due and step < steps and checkpoint is not None:
             checkpoint(progress)
             last_save = time.perf_counter()
-        if last_sync - last_print >= args.log_interval_s and step < steps:
+        if last_sync - last_print >= cfg.log_interval_s and step < steps:
             last_print, elapsed = last_sync, last_sync - start
             eta = timedelta(seconds=round(elapsed / (step - done.step) * (steps - step)))
-            log(f"epoch {epoch}/{args.epochs} step {step}/{steps} loss {progress.loss_sum / step:.4f} lr {lr:.3e} "
+            log(f"epoch {epoch}/{cfg.epochs} step {step}/{steps} loss {progress.loss_sum / step:.4f} lr {lr:.3e} "
                 f"{(images - done.images) / elapsed:.1f} img/s data-wait {waited / elapsed:.0%} eta {eta}")
     seconds = time.perf_counter() - start
     return {"train_loss": progress.loss_sum / steps, "lr": lr, "seconds": done.seconds + seconds,
@@ -655,219 +853,179 @@ def write_json(path: Path, obj: dict) -> None:
         f.write("\n")
 
 
-def write_predictions(out: Path, val: dict, samples: list[data.Sample], logits: torch.Tensor, title: str,
-                      classes: tuple[str, ...]) -> None:
-    """predictions.csv, metrics.json and the confusion matrices of the best weights (evaluate.py's writer)."""
-    preds = logits.argmax(dim=1).tolist()
-    metrics.write_report(out, val, list(classes), title=title,
-                         predictions=([s.path for s in samples], [s.label for s in samples], preds,
-                                      torch.softmax(logits, dim=1).numpy()))
+class RunOutputs:
+    """The run folder's files, in the spirit of timm's CheckpointSaver: config.json, last.pt (the whole training
+    state), best.pt and its predictions, history.csv, curves.png and summary.json. Rank 0 writes; on the other
+    ranks every method does nothing."""
+
+    def __init__(self, inputs: RunInputs, cfg: StepConfig, training: Training, run: dict) -> None:
+        self.inputs, self.cfg, self.training, self.run = inputs, cfg, training, run
+        self.out, self.experiment, self.writes = inputs.out, inputs.experiment, cfg.rank == 0
+        self.params = models.count_params(training.model)
+
+    def start(self, args: argparse.Namespace, state: dict | None) -> None:
+        """config.json; on resume also history.csv cut back to last.pt's epochs."""
+        if not self.writes:
+            return
+        cfg, device = self.cfg, self.cfg.device
+        write_json(self.out / "config.json", {
+            # The resolved run id and amp setting, as config.json has always listed them among the arguments.
+            "args": vars(args) | {"experiment": self.experiment, "amp_on": cfg.amp_on, "out": str(self.out)},
+            "alpha": self.inputs.alpha, "experiment": self.experiment, "argv": sys.argv, "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "python": platform.python_version(), "device": str(device),
+            "device_name": models.device_name(device), "world_size": cfg.world,
+            "backend": dist.get_backend() if dist.is_initialized() else None, "batch_per_process": self.inputs.batch,
+            "steps_per_epoch": cfg.steps, "params": self.params, "resumed_at": state and position_text(state)})
+        if self.run["history"]:  # drop a row written after the last checkpoint (crash between the two writes)
+            self.write_history()
+
+    def save_last(self, progress: EpochProgress | None = None, val: dict | None = None) -> None:
+        """last.pt: the whole training state after run["epoch"] epochs (+ progress into the next one); the
+        checkpoint it replaces becomes last.prev.pt."""
+        if not self.writes:
+            return
+        run = self.run
+        models.save_checkpoint(
+            self.out / "last.pt", self.training.model, self.inputs.arch, self.experiment,
+            metrics=val and val | {"epoch": run["epoch"]}, keep_previous=self.out / "last.prev.pt", train_state={
+                **run, "partial": None if progress is None else vars(progress), **self.training.state_dict(),
+                "rng": rng_state(), "recipe": self.inputs.recipe})
+
+    def save_best(self, val: dict, logits: torch.Tensor) -> None:
+        """best.pt (the validated weights) and their predictions.csv, metrics.json and confusion matrices."""
+        epoch, samples = self.run["epoch"], self.inputs.val_samples
+        models.save_checkpoint(self.out / "best.pt", self.training.eval_model, self.inputs.arch, self.experiment,
+                               metrics=val | {"epoch": epoch})
+        metrics.write_report(self.out, val, list(self.inputs.classes), title=f"{self.experiment}, epoch {epoch}",
+                             predictions=([s.path for s in samples], [s.label for s in samples],
+                                          logits.argmax(dim=1).tolist(), torch.softmax(logits, dim=1).numpy()))
+
+    def write_history(self) -> None:
+        """history.csv, one row per epoch, rewritten whole (atomically)."""
+        rows = self.run["history"]
+        with data.atomic_write(self.out / "history.csv") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def write_epoch(self, val: dict, logits: torch.Tensor, improved: bool) -> None:
+        """An epoch's files; best.pt before last.pt, so a crash between the two leaves a resumable pair."""
+        if not self.writes:
+            return
+        if improved:
+            self.save_best(val, logits)
+        self.write_history()
+        plots.save_png(self.out / "curves.png", plots.draw_curves(self.run["history"], self.run["best"]["epoch"],
+                                                                  f"{self.experiment}: training curves"))
+        self.save_last(None, val)
+        if self.run["finished"]:
+            self.finish()
+        self.write_summary()
+
+    def finish(self) -> None:
+        """Drop last.prev.pt: nothing resumes a finished run, so its fallback only costs disk."""
+        (self.out / "last.prev.pt").unlink(missing_ok=True)
+
+    def write_summary(self) -> None:
+        """summary.json: the best epoch's metrics and how the run went."""
+        run, best, cfg = self.run, self.run["best"], self.cfg
+        write_json(self.out / "summary.json", {
+            "experiment": self.experiment, "model": self.inputs.arch["name"], "blocks": self.inputs.arch["blocks"],
+            "best_epoch": best["epoch"], "accuracy": best["accuracy"], "macro_f1": best["macro_f1"],
+            "val_loss": best["val_loss"], "per_class": best["per_class"], "params": self.params,
+            "epochs_run": run["epoch"], "finished": run["finished"], "stop_reason": run["stop_reason"],
+            "wall_time_s": sum(row["seconds"] for row in run["history"]), "device": str(cfg.device),
+            "world_size": cfg.world, "settings": self.inputs.recipe | {
+                "amp": cfg.amp_on, "amp_dtype": cfg.amp_dtype, "ema_weights_evaluated": self.training.ema is not None}})
 
 
-def write_history(path: Path, rows: list[dict]) -> None:
-    """history.csv, one row per epoch, rewritten whole (atomically) each epoch."""
-    with data.atomic_write(path) as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+# --- The run ---
+
+def record_epoch(run: dict, epoch: int, train: dict, val: dict, val_loss: float, seconds: float,
+                 classes: tuple[str, ...], patience: int, epochs: int) -> bool:
+    """Add an epoch to the run's progress (best, epochs without improvement, stop reason, history); improved?"""
+    best = run["best"]
+    improved = best is None or (val["macro_f1"], val["accuracy"]) > (best["macro_f1"], best["accuracy"])
+    if improved:
+        run["best"] = val | {"epoch": epoch, "val_loss": val_loss}
+    run["bad_epochs"] = 0 if improved else run["bad_epochs"] + 1
+    early = run["bad_epochs"] >= patience
+    run["stop_reason"] = "early stopping" if early else "max epochs" if epoch == epochs else None
+    run["finished"], run["epoch"] = run["stop_reason"] is not None, epoch
+    run["history"].append({
+        "epoch": epoch, "lr": train["lr"], "train_loss": train["train_loss"], "val_loss": val_loss,
+        "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
+        **{f"f1_{name}": val["per_class"][name]["f1"] for name in classes},
+        "seconds": seconds, "images_per_s": train["images_per_s"]})
+    return improved
+
+
+def train_epochs(training: Training, loaders: Loaders, cfg: StepConfig, outputs: RunOutputs, run: dict,
+                 partial: EpochProgress | None, patience: int, log: Callable[..., None]) -> None:
+    """Train, validate and save each epoch after run["epoch"] (the first from `partial` on) until the last or an
+    early stop; a signal or a non-finite loss ends the run (see train_one_epoch)."""
+    stop, out, classes = StopFlag(), outputs.out, outputs.inputs.classes
+    for epoch in range(run["epoch"] + 1, cfg.epochs + 1):
+        epoch_start = time.perf_counter()
+        done, partial = partial, None
+        loader = loaders.epoch_loader(epoch, done)
+        try:
+            train = train_one_epoch(training, loader, cfg, epoch, log, stop, done, checkpoint=outputs.save_last)
+        except Interrupted as where:
+            interrupted(log, out, f"during {where.args[0]}", where.args[1], stop.signum, cfg.world)
+        except NonFiniteLoss as err:
+            log(f"error: {err}", echo=False)
+            raise
+        del loader  # ends its workers before validation starts
+        val, val_loss, logits = evaluate(training.eval_model, training.criterion, loaders.val_loader, cfg.device,
+                                         cfg.amp_on, cfg.world, loaders.val_size, classes)
+        seconds = (done.seconds if done else 0.0) + time.perf_counter() - epoch_start
+        improved = record_epoch(run, epoch, train, val, val_loss, seconds, classes, patience, cfg.epochs)
+        outputs.write_epoch(val, logits, improved)
+        best = run["best"]
+        verdict = "best" if improved else f"best {best['macro_f1']:.4f} at epoch {best['epoch']}"
+        log(f"epoch {epoch}/{cfg.epochs} done in {seconds:.1f} s: train loss {train['train_loss']:.4f}, val loss "
+            f"{val_loss:.4f}, accuracy {val['accuracy']:.4f}, macro-F1 {val['macro_f1']:.4f} ({verdict}), "
+            f"{train['images_per_s']:.1f} img/s, data-wait {train['data_wait']:.0%}")
+        if run["stop_reason"] == "early stopping":
+            log(f"early stopping: no better macro-F1 in the {patience} epoch(s) after epoch {best['epoch']}")
+            break
+        if any_rank(stop.signum != 0, cfg.device, cfg.world):  # the signal came during validation: epoch is saved
+            interrupted(log, out, f"after epoch {epoch}", f"epoch {epoch}", stop.signum, cfg.world)
 
 
 def main(args: argparse.Namespace) -> None:
     """Run (or resume) one training run."""
     with distributed(args.device) as (device, rank, world), contextlib.ExitStack() as cleanup:
-        # On a CPU only bfloat16 autocast is offered (it runs on AVX-512 BF16 / AMX units; float16 would not).
-        args.amp_on = args.amp and (device.type == "cuda" or args.amp_dtype == "bfloat16")
-        # Inputs first: a missing file stops the run in seconds, before any model is built.
-        classes = read_classes(args)
-        train_samples = data.read_index(args.train_csv, args.data_root, check_files=True)
-        val_samples = data.read_index(args.val_csv, args.data_root, check_files=True)
-        counts = data.class_counts(train_samples, len(classes))
-        alpha = resolve_alpha(args, counts, classes)
-        if args.batch_size % world:
-            raise data.UserError(f"--batch-size {args.batch_size} does not split evenly over {world} processes")
-        batch = args.batch_size // world
-        args.experiment = args.experiment or default_experiment(args)
-        out = Path(args.out or Path("results") / args.experiment)
-        recipe = {key: getattr(args, key) for key in RECIPE_KEYS} | {
-            "alpha": alpha, "train_images": len(train_samples), "classes": list(classes)}
+        inputs = read_inputs(args, world)
         if rank == 0:
-            try:
-                out.mkdir(parents=True, exist_ok=True)
-            except OSError as err:
-                raise data.write_error(out, err) from None
-            lock = lock_run_folder(out)
-            if lock is not None:
-                cleanup.callback(lock.close)  # released on every way out of main, errors included
-            for stale in out.glob(".*.tmp"):  # half-written files of a run killed (-9) mid-write
-                stale.unlink()
-        checkpoint = check_resume(out, args.resume, recipe)
-        log = make_log(out / "train.log" if rank == 0 else None)
+            claim_run_folder(inputs.out, cleanup)
+        checkpoint = check_resume(inputs.out, args.resume, inputs.recipe)
+        log = make_log(inputs.out / "train.log" if rank == 0 else None)
         state = checkpoint["train_state"] if checkpoint is not None else None
         if state is not None and state["finished"]:
-            log(f"{out}: this run already finished ({state['stop_reason']} after epoch {state['epoch']}, best "
-                f"macro-F1 {state['best']['macro_f1']:.4f} at epoch {state['best']['epoch']}); nothing to do")
+            log(f"{inputs.out}: this run already finished ({state['stop_reason']} after epoch {state['epoch']}, "
+                f"best macro-F1 {state['best']['macro_f1']:.4f} at epoch {state['best']['epoch']}); nothing to do")
             return
 
         seed_everything(args.seed, device)
-        # On resume the weights come from last.pt, so no ImageNet download is needed.
-        model = models.build_model(args.model, num_classes=len(classes), blocks=args.blocks,
-                                   weights="none" if checkpoint is not None else args.weights)
-        model.to(device)
-        if args.channels_last:
-            model.to(memory_format=torch.channels_last)
-        ema = models.ModelEMA(model, decay=args.ema_decay) if args.ema else None
-        criterion = (nn.CrossEntropyLoss() if args.loss == "ce" else losses.FocalLoss(args.gamma, alpha)).to(device)
-        # fused: one kernel for the whole update instead of a handful per parameter tensor (on a 2-core
-        # CPU the unfused update of ConvNeXt-Tiny takes ~110 ms a step, the fused one ~30 ms), and with a
-        # GradScaler it checks for inf gradients on the device instead of waiting for a read.
-        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
-                                      fused=device.type in ("cuda", "cpu"))
+        loaders = Loaders(args, inputs, rank, world)
+        cfg = StepConfig.from_args(args, device, rank, world, loaders.steps)
+        training = build_training(args, inputs, cfg, resuming=checkpoint is not None)
+        run, partial = restore(training, checkpoint)
+        training.wrap(args.compile)
+        outputs = RunOutputs(inputs, cfg, training, run)
+        outputs.start(args, state)
+        log(f"{'resuming' if state else 'starting'} {inputs.experiment}: {args.model} "
+            f"({outputs.params / 1e6:.3f} M params) on {device} x {world}, {len(inputs.train_samples)} train / "
+            f"{len(inputs.val_samples)} val images, {cfg.steps} steps of {args.batch_size} ({inputs.batch} per "
+            f"process) per epoch, epochs {run['epoch'] + 1}..{args.epochs}"
+            + (f" from step {partial.step + 1}" if partial else "") + f", out {inputs.out}")
 
-        train_set = data.FaceDataset(train_samples, args.img_size, grayscale=args.grayscale)
-        augment = data.BatchAugment(augment_from(args))
-        if args.sampler == "balanced":
-            sampler = BalancedSampler([s.label for s in train_samples], args.seed, rank, world)
-        else:
-            # Also for one process: its per-epoch shuffle depends on (seed, epoch) only, so resume is exact.
-            sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=args.seed)
-        steps = len(sampler) // batch
-        if steps == 0:
-            raise data.UserError(f"{args.train_csv}: {len(train_samples)} images give no full batch of "
-                                 f"{args.batch_size}; lower --batch-size")
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, warmup_cosine(args.epochs * steps, round(args.warmup_epochs * steps)))
-        scaler = torch.amp.GradScaler("cuda") if args.amp_on and args.amp_dtype == "float16" else None
-        val_set = data.FaceDataset(val_samples, args.img_size, grayscale=args.grayscale)
-        # DDP validation shards: rank r predicts images r, r + world, ... (no padding, no duplicates).
-        val_shard = Subset(val_set, range(rank, len(val_set), world)) if world > 1 else val_set
-        val_loader = data.make_loader(val_shard, batch, args.workers, seed=args.seed)
-
-        run = {"epoch": 0, "best": None, "bad_epochs": 0, "history": [], "finished": False, "stop_reason": None}
-        partial = None
-        if state is not None:
-            model.load_state_dict(checkpoint["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            if scaler is not None and state["scaler"] is not None:
-                scaler.load_state_dict(state["scaler"])
-            if ema is not None:
-                ema.load_state_dict(state["ema"])
-            run |= {key: state[key] for key in ("epoch", "best", "bad_epochs", "history")}
-            partial = EpochProgress(**state["partial"]) if state.get("partial") else None
-            set_rng_state(state["rng"])
-        train_model = DistributedDataParallel(model) if dist.is_initialized() else model
-        if args.compile:
-            train_model = torch.compile(train_model)
-
-        arch = {"name": args.model, "blocks": args.blocks, "num_classes": len(classes), "img_size": args.img_size,
-                "classes": list(classes), "class_counts": counts, "sampler": args.sampler,
-                "grayscale": args.grayscale, "normalization": "imagenet"}
-        params = models.count_params(model)
-
-        def save_last(progress: EpochProgress | None, val: dict | None = None) -> None:
-            """last.pt: the whole training state after run["epoch"] epochs (+ progress into the next one)."""
-            if rank != 0:
-                return
-            models.save_checkpoint(
-                out / "last.pt", model, arch, args.experiment, metrics=val and val | {"epoch": run["epoch"]},
-                keep_previous=out / "last.prev.pt", train_state={
-                    **run, "partial": None if progress is None else vars(progress),
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict() if scaler is not None else None,
-                    "ema": ema.state_dict() if ema is not None else None, "rng": rng_state(), "recipe": recipe})
-
-        if rank == 0:
-            write_json(out / "config.json", {
-                "args": vars(args) | {"out": str(out)}, "alpha": alpha, "experiment": args.experiment,
-                "argv": sys.argv, "torch": torch.__version__, "torchvision": torchvision.__version__,
-                "python": platform.python_version(), "device": str(device),
-                "device_name": models.device_name(device), "world_size": world,
-                "backend": dist.get_backend() if dist.is_initialized() else None, "batch_per_process": batch,
-                "steps_per_epoch": steps, "params": params, "resumed_at": state and position_text(state)})
-            if run["history"]:  # drop a row written after the last checkpoint (crash between the two writes)
-                write_history(out / "history.csv", run["history"])
-        start_epoch = run["epoch"] + 1
-        log(f"{'resuming' if state else 'starting'} {args.experiment}: {args.model} ({params / 1e6:.3f} M params) "
-            f"on {device} x {world}, {len(train_samples)} train / {len(val_samples)} val images, {steps} steps "
-            f"of {args.batch_size} ({batch} per process) per epoch, epochs {start_epoch}..{args.epochs}"
-            + (f" from step {partial.step + 1}" if partial else "") + f", out {out}")
-
-        stop = StopFlag()
-        for epoch in range(start_epoch, args.epochs + 1):
-            epoch_start = time.perf_counter()
-            sampler.set_epoch(epoch)
-            done, partial = partial, None
-            epoch_sampler = ResumedSampler(sampler, done.step * batch) if done else sampler
-            # A fresh loader per epoch from a (seed, epoch, rank) generator: what it yields depends on nothing else.
-            loader = data.make_loader(train_set, batch, args.workers, sampler=epoch_sampler,
-                                      seed=epoch_seed(args.seed, epoch, rank), drop_last=True)
-            try:
-                train = train_one_epoch(train_model, criterion, optimizer, scheduler, loader, augment, device, epoch,
-                                        steps, args, log, stop, rank, world, scaler=scaler, ema=ema, done=done,
-                                        checkpoint=save_last)
-            except Interrupted as where:
-                interrupted(log, out, f"during {where.args[0]}", where.args[1], stop.signum, world)
-            except NonFiniteLoss as err:
-                log(f"error: {err}", echo=False)
-                raise
-            del loader  # ends its workers before validation starts
-            eval_model = ema.module if ema is not None else model
-            val, val_loss, logits = evaluate(eval_model, criterion, val_loader, device, args.amp_on, world,
-                                             len(val_set), classes)
-            best = run["best"]
-            improved = best is None or (val["macro_f1"], val["accuracy"]) > (best["macro_f1"], best["accuracy"])
-            if improved:
-                run["best"] = best = val | {"epoch": epoch, "val_loss": val_loss}
-            run["bad_epochs"] = 0 if improved else run["bad_epochs"] + 1
-            early = run["bad_epochs"] >= args.patience
-            run["stop_reason"] = "early stopping" if early else "max epochs" if epoch == args.epochs else None
-            run["finished"], run["epoch"] = run["stop_reason"] is not None, epoch
-            run["history"].append({
-                "epoch": epoch, "lr": train["lr"], "train_loss": train["train_loss"], "val_loss": val_loss,
-                "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
-                **{f"f1_{name}": val["per_class"][name]["f1"] for name in classes},
-                "seconds": (done.seconds if done else 0.0) + time.perf_counter() - epoch_start,
-                "images_per_s": train["images_per_s"]})
-            if rank == 0:
-                if improved:  # best.pt before last.pt: a crash between the two leaves a resumable pair
-                    models.save_checkpoint(out / "best.pt", eval_model, arch, args.experiment,
-                                           metrics=val | {"epoch": epoch})
-                    write_predictions(out, val, val_samples, logits, f"{args.experiment}, epoch {epoch}", classes)
-                write_history(out / "history.csv", run["history"])
-                plots.save_png(out / "curves.png", plots.draw_curves(run["history"], best["epoch"],
-                                                                     f"{args.experiment}: training curves"))
-                save_last(None, val)
-                if run["finished"]:  # nothing resumes a finished run: its fallback only costs disk
-                    (out / "last.prev.pt").unlink(missing_ok=True)
-                write_json(out / "summary.json", {
-                    "experiment": args.experiment, "model": args.model, "blocks": args.blocks,
-                    "best_epoch": best["epoch"], "accuracy": best["accuracy"], "macro_f1": best["macro_f1"],
-                    "val_loss": best["val_loss"], "per_class": best["per_class"], "params": params,
-                    "epochs_run": epoch, "finished": run["finished"], "stop_reason": run["stop_reason"],
-                    "wall_time_s": sum(row["seconds"] for row in run["history"]), "device": str(device),
-                    "world_size": world, "settings": recipe | {"amp": args.amp_on, "amp_dtype": args.amp_dtype,
-                                                               "ema_weights_evaluated": args.ema}})
-            verdict = "best" if improved else f"best {best['macro_f1']:.4f} at epoch {best['epoch']}"
-            log(f"epoch {epoch}/{args.epochs} done in {run['history'][-1]['seconds']:.1f} s: train loss "
-                f"{train['train_loss']:.4f}, val loss {val_loss:.4f}, accuracy {val['accuracy']:.4f}, macro-F1 "
-                f"{val['macro_f1']:.4f} ({verdict}), {train['images_per_s']:.1f} img/s, "
-                f"data-wait {train['data_wait']:.0%}")
-            if early:
-                log(f"early stopping: no better macro-F1 in the {args.patience} epoch(s) after epoch {best['epoch']}")
-                break
-            if any_rank(stop.signum != 0, device, world):  # the signal came during validation: epoch is saved
-                interrupted(log, out, f"after epoch {epoch}", f"epoch {epoch}", stop.signum, world)
+        train_epochs(training, loaders, cfg, outputs, run, partial, args.patience, log)
         best = run["best"]
         log(f"done: best epoch {best['epoch']}, accuracy {best['accuracy']:.4f}, macro-F1 {best['macro_f1']:.4f}; "
-            f"outputs in {out}")
-
-
-def interrupted(log: Callable[[str], None], out: Path, where: str, kept: str, signum: int, world: int) -> NoReturn:
-    """Say what was kept and how to go on, then exit 128 + signal (130 SIGINT, 143 SIGTERM, 129 SIGHUP)."""
-    signum = signum or signal.SIGTERM  # a DDP rank that only heard of the signal through the all-reduce
-    log(f"stopped by {signal.Signals(signum).name} {where}; {out / 'last.pt'} holds {kept}. "
-        f"Resume with: {resume_command(world, True)}")
-    raise SystemExit(128 + signum)
+            f"outputs in {inputs.out}")
 
 
 if __name__ == "__main__":
