@@ -24,7 +24,6 @@ import argparse
 import copy
 import csv
 import io
-import json
 import math
 import os
 import sys
@@ -35,11 +34,11 @@ import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-import data
+import metrics
 import models
 import onnx_model
 import plots
-from metrics import THESIS_RUNS
+import utils
 
 COLUMNS = ("experiment", "mode", "device", "device_name", "torch_version", "threads", "params", "params_m",
            "batch_size", "img_size", "amp", "warmup", "iters", "latency_ms", "p50_ms", "p90_ms", "p99_ms", "fps",
@@ -81,17 +80,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     source.add_argument("--ckpt", nargs="+", metavar="PT", help="checkpoints to rebuild (experiment id and metrics "
                         "come from each checkpoint)")
     source.add_argument("--model", choices=models.MODEL_NAMES, help="a model with random weights instead")
-    parser.add_argument("--blocks", type=data.int_at_least(1), default=None,
+    parser.add_argument("--blocks", type=utils.int_at_least(1), default=None,
                         help="Transformer blocks of --model convnext_tiny_transformer (default: 1)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    parser.add_argument("--batch-size", type=data.int_at_least(1), default=1,
+    parser.add_argument("--batch-size", type=utils.int_at_least(1), default=1,
                         help="batch size of the main table (default: 1)")
     parser.add_argument("--batch-sizes", type=int_list, default=None, metavar="B1,B2,...",
                         help="also measure these batch sizes: a throughput sweep, e.g. 1,8,32,128")
-    parser.add_argument("--img-size", type=data.int_at_least(32), default=None,
-                        help="input side in px (default: the checkpoint's, 224 for --model)")
-    parser.add_argument("--warmup", type=data.int_at_least(0), default=50, help="untimed forward passes (default: 50)")
-    parser.add_argument("--iters", type=data.int_at_least(1), default=200, help="timed forward passes (default: 200)")
+    parser.add_argument("--img-size", type=utils.int_at_least(32), default=None,
+                        help=f"input side in px (default: the checkpoint's, {utils.DEFAULT_IMG_SIZE} for --model)")
+    parser.add_argument("--warmup", type=utils.int_at_least(0), default=50, help="untimed forward passes (default: 50)")
+    parser.add_argument("--iters", type=utils.int_at_least(1), default=200, help="timed forward passes (default: 200)")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                         help="eager mode: fp16 autocast (default: on for CUDA, off on CPU; on CPU it means bfloat16)")
     parser.add_argument("--mode", type=mode_list, default=MODE_SETS["both"], metavar="MODES",
@@ -110,18 +109,18 @@ def targets_from_args(args: argparse.Namespace) -> list[dict]:
     if args.model is not None:
         blocks = args.blocks or 1
         if args.blocks is not None and args.model not in models.HYBRIDS:
-            raise data.UserError(f"--blocks applies to {', '.join(models.HYBRIDS)} only, not {args.model}")
+            raise utils.UserError(f"--blocks applies to {', '.join(models.HYBRIDS)} only, not {args.model}")
         hybrid = args.model in models.HYBRIDS
         name = args.model + (f"_{blocks}block" + "s" * (blocks > 1) if hybrid else "")
         if args.onnx is not None:
-            raise data.UserError("--onnx goes with --ckpt (the checkpoints they were exported from)")
+            raise utils.UserError("--onnx goes with --ckpt (the checkpoints they were exported from)")
         return [{"experiment": name, "ckpt": None, "name": args.model, "blocks": blocks, "onnx": None,
-                 "num_classes": len(data.AFFECTNET8),
-                 "img_size": args.img_size or 224, "accuracy": None, "macro_f1": None}]
+                 "num_classes": len(utils.AFFECTNET8),
+                 "img_size": args.img_size or utils.DEFAULT_IMG_SIZE, "accuracy": None, "macro_f1": None}]
     if args.blocks is not None:
-        raise data.UserError("--blocks applies to --model only; a checkpoint records its own blocks")
+        raise utils.UserError("--blocks applies to --model only; a checkpoint records its own blocks")
     if args.onnx is not None and len(args.onnx) != len(args.ckpt):
-        raise data.UserError(f"--onnx: {len(args.onnx)} file(s) for {len(args.ckpt)} --ckpt file(s); give one each")
+        raise utils.UserError(f"--onnx: {len(args.onnx)} file(s) for {len(args.ckpt)} --ckpt file(s); give one each")
     targets = []
     # Every checkpoint is read once up front, so a bad seventh file fails before six models were timed.
     for i, path in enumerate(args.ckpt):
@@ -140,11 +139,11 @@ def targets_from_args(args: argparse.Namespace) -> list[dict]:
 
 def check_onnx_matches(path: str, target: dict) -> None:
     """A one-line UserError unless an --onnx file was exported from the target's architecture at its size."""
-    arch = onnx_model.load(path)[1]["arch"]
+    arch = onnx_model.meta_of(onnx_model.OnnxModel(path), path)["arch"]
     if (arch["name"], arch["blocks"], arch["img_size"]) != (target["name"], target["blocks"], target["img_size"]):
-        raise data.UserError(f"--onnx {path}: a {arch['name']} ({arch['blocks']} block(s)) at {arch['img_size']} px, "
-                             f"not the {target['name']} ({target['blocks']} block(s)) at {target['img_size']} px of "
-                             f"{target['ckpt']}")
+        raise utils.UserError(f"--onnx {path}: a {arch['name']} ({arch['blocks']} block(s)) at {arch['img_size']} px, "
+                              f"not the {target['name']} ({target['blocks']} block(s)) at {target['img_size']} px of "
+                              f"{target['ckpt']}")
 
 
 def build(target: dict, device: torch.device, seed: int) -> torch.nn.Module:
@@ -179,7 +178,7 @@ def forward_gflop(model: torch.nn.Module, x: torch.Tensor) -> float:
 
 
 def timed_passes(forward: Callable, x: torch.Tensor, passes: int, per_pass: list[float],
-                 meter: data.Progress) -> float:
+                 meter: utils.Progress) -> float:
     """Run forward(x) `passes` times; appends each pass's ms to per_pass, returns the synchronised wall ms."""
     cuda = x.device.type == "cuda"
     if cuda:
@@ -206,7 +205,7 @@ def matmul_gflop_per_s(device: torch.device, dtype: torch.dtype) -> float:
     """The device's GFLOP/s on a large square matmul (fastest of 20): the ceiling for a model made of matmuls."""
     size = 8192 if device.type == "cuda" else 1024
     a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
-    meter, per_pass_ms = data.Progress(23, "matmul rate"), []
+    meter, per_pass_ms = utils.Progress(23, "matmul rate"), []
     timed_passes(lambda _: a @ b, a, 3, [], meter)  # warm-up
     timed_passes(lambda _: a @ b, a, 20, per_pass_ms, meter)
     return 2 * size ** 3 / min(per_pass_ms) / 1e6
@@ -216,7 +215,7 @@ def matmul_gflop_per_s(device: torch.device, dtype: torch.dtype) -> float:
 def time_forwards(forwards: dict[str, Callable], x: torch.Tensor, warmup: int, iters: int, label: str
                   ) -> dict[str, dict]:
     """Per forward: warm-up, then timed passes (in alternating chunks when several); latency and p50/p90/p99."""
-    meter = data.Progress(len(forwards) * (warmup + iters), label)
+    meter = utils.Progress(len(forwards) * (warmup + iters), label)
     for forward in forwards.values():
         for _ in range(warmup):
             forward(x)
@@ -245,7 +244,7 @@ def onnx_forward(model: torch.nn.Module, target: dict, size: int, device: torch.
     the seconds that took."""
     start = time.perf_counter()
     if target["onnx"] is not None:
-        exported = onnx_model.load(target["onnx"], device)[0]
+        exported = onnx_model.OnnxModel(target["onnx"], device).eval()  # its metadata was checked at the start
     else:
         print(f"{tag}: exporting to ONNX", flush=True)
         arch = {"name": target["name"], "blocks": target["blocks"], "num_classes": target["num_classes"]}
@@ -352,7 +351,7 @@ def markdown(rows: list[dict], batch_size: int) -> str:
     for r in rows:
         if r["batch_size"] != batch_size:
             continue
-        t = THESIS_RUNS.get(r["experiment"])
+        t = metrics.THESIS_RUNS.get(r["experiment"])
         _, t_acc, t_f1, t_params, t_lat, t_fps = t if t else (None,) * 6
         lines.append(f"| {r['experiment']} | {r['mode']} | {beside(r['accuracy'], t_acc, 4)} | "
                      f"{beside(r['macro_f1'], t_f1, 4)} | {beside(r['params_m'], t_params, 3)} | "
@@ -383,16 +382,14 @@ def markdown(rows: list[dict], batch_size: int) -> str:
 
 def write_outputs(out: str, rows: list[dict], batch_size: int) -> None:
     """benchmark.json, benchmark.csv and benchmark.md, each written atomically."""
-    with data.atomic_write(os.path.join(out, "benchmark.json")) as f:
-        json.dump(rows, f, indent=2)
-        f.write("\n")
+    utils.write_json(os.path.join(out, "benchmark.json"), rows)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    with data.atomic_write(os.path.join(out, "benchmark.csv")) as f:
+    with utils.atomic_write(os.path.join(out, "benchmark.csv")) as f:
         f.write(buffer.getvalue())
-    with data.atomic_write(os.path.join(out, "benchmark.md")) as f:
+    with utils.atomic_write(os.path.join(out, "benchmark.md")) as f:
         f.write(markdown(rows, batch_size))
     if any(r["macro_f1"] is not None for r in rows):  # checkpoints carry their validation metrics
         plots.save_png(os.path.join(out, "tradeoff.png"), tradeoff(rows, batch_size))
@@ -402,8 +399,9 @@ def tradeoff(rows: list[dict], batch_size: int) -> Image.Image:
     """Macro-F1 against latency at the main batch size: our rows (each mode) beside the thesis's Table 7."""
     ours = [{"name": r["experiment"], "latency_ms": r["latency_ms"], "macro_f1": r["macro_f1"], "mode": r["mode"]}
             for r in rows if r["batch_size"] == batch_size]
-    thesis = [{"name": name, "latency_ms": t[4], "macro_f1": t[2], "mode": "eager"} for name, t in THESIS_RUNS.items()]
-    names = list(dict.fromkeys([p["name"] for p in ours] + list(THESIS_RUNS)))
+    thesis = [{"name": name, "latency_ms": t[4], "macro_f1": t[2], "mode": "eager"}
+              for name, t in metrics.THESIS_RUNS.items()]
+    names = list(dict.fromkeys([p["name"] for p in ours] + list(metrics.THESIS_RUNS)))
     first = rows[0]
     return plots.draw_tradeoff([(f"Ours: {first['device_name']}, {first['img_size']} px", ours),
                                 ("Thesis: NVIDIA H100 NVL, 224 px (eager)", thesis)], names,
@@ -414,7 +412,7 @@ def main(args: argparse.Namespace) -> None:
     device = models.resolve_device(args.device)
     amp = device.type == "cuda" if args.amp is None else args.amp
     if args.onnx is not None and "onnx" not in args.mode:
-        raise data.UserError(f"--onnx: add onnx to --mode (got {','.join(args.mode)})")
+        raise utils.UserError(f"--onnx: add onnx to --mode (got {','.join(args.mode)})")
     if "onnx" in args.mode:  # checked before anything is timed
         onnx_model.require("--mode onnx", ("onnx", "onnxruntime") if args.onnx else ("onnx", "onnxruntime",
                                                                                        "onnxscript"))
@@ -438,7 +436,7 @@ def main(args: argparse.Namespace) -> None:
         if rows:
             write_outputs(args.out, rows, args.batch_size)  # after each model, so a long run keeps what it measured
     if not rows:
-        raise data.UserError(f"nothing measured: every batch size ran out of {device.type} memory")
+        raise utils.UserError(f"nothing measured: every batch size ran out of {device.type} memory")
     print(markdown(rows, args.batch_size), flush=True)
     print(f"wrote {os.path.join(args.out, 'benchmark.json')}, benchmark.csv, benchmark.md", flush=True)
 
@@ -447,5 +445,5 @@ if __name__ == "__main__":
     args = get_args_parser().parse_args()
     try:
         main(args)
-    except data.UserError as err:
+    except utils.UserError as err:
         sys.exit(f"error: {err}")

@@ -1,12 +1,12 @@
 """Converters: the dataset layouts users hold -> index CSVs (path,label[,face box]) with classes.txt beside them.
 
-    python data.py affectnet | affectnet-npy | folder | rafdb | fer2013 | ferplus --help
+    python datasets.py affectnet | affectnet-npy | folder | rafdb | fer2013 | ferplus --help
 
 fer2013 takes either the original fer2013.csv (pixels in the CSV: written out as PNGs) or the folder of JPEGs most
 copies come as, ROOT/train/<class>/Training_*.jpg beside ROOT/test/ (PublicTest_ and PrivateTest_ mixed) or
 ROOT/publictest/ [+ ROOT/privatetest/] (referenced in place, not copied); both give the same splits and classes.
 
-Every converter keeps the rows it can use, counts every row it drops by reason (data.py prints the report),
+Every converter keeps the rows it can use, counts every row it drops by reason (datasets.py prints the report),
 and writes classes.txt in the canonical class spelling, so a model trained on one dataset is scored on
 another by class name. Each returns [(index CSV written, rows kept, {drop reason: rows})].
 """
@@ -21,8 +21,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from data import (AFFECTNET8, BOX_COLUMNS, CLASS_ALIASES, IMAGE_EXTENSIONS, Progress, UserError, atomic_write,
-                  canonical_class, open_csv, parse_int, write_classes, write_index)
+from data import BOX_COLUMNS, IMAGE_EXTENSIONS, open_csv, parse_int, write_classes
+from utils import AFFECTNET8, CLASS_ALIASES, Progress, UserError, atomic_write, canonical_class, write_csv
 
 Report = list[tuple[Path, int, dict[str, int]]]
 
@@ -58,7 +58,7 @@ def _write(out: Path, rows: Sequence[Sequence[object]], columns: Sequence[str], 
     if not rows:
         raise UserError(f"{source}: no usable rows (dropped: {dropped})")
     write_classes(out.parent, classes)
-    write_index(out, rows, columns)
+    write_csv(out, columns, rows)
     return out, len(rows), dropped
 
 
@@ -467,7 +467,7 @@ def convert_ferplus(fer2013_csv: str | os.PathLike, ferplus_csv: str | os.PathLi
     return _write_fer_splits(out_dir, kept, dropped, AFFECTNET8, ferplus_csv)
 
 
-# --- The CLI table: one entry per layout (data.py turns each into a sub-command) ---
+# --- The CLI table: one entry per layout (datasets.py turns each into a sub-command) ---
 
 def _flag(*names: str, **options: object) -> tuple[tuple[str, ...], dict]:
     return names, options
@@ -515,4 +515,4 @@ def report(results: Report) -> None:
         print(f"wrote {out}: kept {kept}, dropped {sum(dropped.values())}")
         for reason, n in sorted(dropped.items(), key=lambda item: -item[1]):
             print(f"  dropped {n}: {reason}")
-    print("next: " + "; ".join(f"python data.py check --csv {out}" for out, _, _ in results))
+    print("next: " + "; ".join(f"python datasets.py check --csv {out}" for out, _, _ in results))

@@ -1,46 +1,33 @@
-"""The data layer: index CSVs, face-crop decoding, transforms, loaders, converters, checks; the demo set's CLI.
-
-CLI: python data.py {check,affectnet,affectnet-npy,folder,demo,bench} --help
-"""
+"""The data library: index CSVs and their classes, face-crop decoding, transforms, loaders, and the check, bench
+and prepare work behind `python datasets.py` (which also holds the converters' and the demo set's commands)."""
 from __future__ import annotations
 
-import argparse
-import contextlib
 import csv
 import functools
 import io
-import json
 import math
 import multiprocessing
 import multiprocessing.pool
 import os
-import re
-import secrets
 import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-# AffectNet-8's classes in its label order: the class set of any index CSV that does not declare its own.
-AFFECTNET8: tuple[str, ...] = ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt")
+import losses
+from utils import AFFECTNET8, DEFAULT_IMG_SIZE, Progress, UserError, atomic_write, canonical_class, write_csv
+
 # An index CSV declares its class names in this file beside it, one per line in label order (label 0 first);
 # every converter writes it. Names are compared across datasets (an AffectNet-8 model scored on RAF-DB), so each
-# is stored in the canonical spelling below.
+# is stored in the canonical spelling (utils.CLASS_ALIASES).
 CLASSES_FILE = "classes.txt"
-# Class names as datasets and community copies spell them -> the canonical name. Labels are always mapped by
-# name, never by sort order, which would put anger first.
-CLASS_ALIASES: dict[str, str] = {
-    **{name: name for name in AFFECTNET8}, "neutrality": "neutral", "happiness": "happy", "sadness": "sad",
-    "surprised": "surprise", "fearful": "fear", "afraid": "fear", "scared": "fear", "disgusted": "disgust",
-    "angry": "anger", "contemptuous": "contempt",
-}
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 # AffectNet-8 training split class counts (thesis Table 2); the demo set and the alpha test use them.
@@ -49,118 +36,17 @@ BOX_COLUMNS: tuple[str, ...] = ("face_x", "face_y", "face_width", "face_height")
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-class UserError(Exception):
-    """Anything the user can fix (bad data, a bad flag, an unusable checkpoint, a full disk): every script prints
-    its one-line message, naming the file, CSV line or flag, and exits non-zero without a traceback."""
-
-    def __init__(self, message: object = "") -> None:
-        text = str(message)
-        # DataLoader re-raises a worker's error as type(err)("Caught ... in DataLoader worker ...\n<traceback>");
-        # the traceback's last line is "data.UserError: <msg>", so recover <msg> to keep the CLI at one line.
-        if text.startswith("Caught ") and "\n" in text:
-            last = [line for line in text.splitlines() if line.strip()][-1]
-            text = re.sub(r"^[\w.]+: ", "", last, count=1)
-        super().__init__(text)
-
-
-class WriteError(UserError):
-    """A file could not be written (disk full, file too large, permission denied, read-only): one line naming the
-    file and the reason; what was there before is unchanged."""
-
-
-def write_error(path: str | os.PathLike, err: OSError) -> WriteError:
-    """The one-line WriteError for an OSError met while writing `path`."""
-    reason = err.strerror or str(err) or type(err).__name__
-    return WriteError(f"cannot write {path}: {reason}; nothing already written was changed")
-
-
-class _WriteRecorder:
-    """The open temp file, remembering the OSError of a failed write: torch.save reports a failing write as a
-    RuntimeError ("unexpected pos ...") that hides the reason (no space left, file too large, ...)."""
-
-    def __init__(self, file: IO) -> None:
-        self._file, self.error = file, None
-
-    def write(self, chunk: bytes | str) -> int:
-        try:
-            return self._file.write(chunk)
-        except OSError as err:
-            self.error = err
-            raise
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._file, name)
-
-
-@contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "w", durable: bool = True,
-                 keep_previous: str | os.PathLike | None = None) -> Iterator[IO]:
-    """Write to a temp file beside `path` and move it into place only on success; `path` is untouched on error.
-
-    durable: fsync before the rename, so even a power cut leaves the old file or the whole new one (bulk writers
-    of many small regenerable files skip it: a process crash still leaves whole files only).
-    keep_previous: rename the file being replaced to this name first, so the previous version survives too.
-    Any OSError (disk full, EFBIG under a file-size limit, permissions, read-only) becomes a WriteError.
-    """
-    if mode not in ("w", "wb"):
-        raise ValueError(f"atomic_write mode must be 'w' or 'wb', not {mode!r}")
-    path = Path(path)
-    # Same folder, so os.replace is an atomic rename; pid + random token keep parallel writers apart.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    text = {} if "b" in mode else {"encoding": "utf-8", "newline": ""}
-    recorder = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, mode.replace("w", "x"), **text) as f:
-            recorder = _WriteRecorder(f)
-            yield recorder
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        if keep_previous is not None and path.exists():
-            os.replace(path, keep_previous)
-        os.replace(tmp, path)
-    except BaseException as err:
-        with contextlib.suppress(OSError):  # on a read-only or vanished folder there is nothing to clean
-            tmp.unlink(missing_ok=True)
-        cause = recorder.error if recorder is not None and recorder.error is not None else err
-        if isinstance(cause, OSError) and not isinstance(err, UserError):
-            raise write_error(path, cause) from None
-        raise
-
-
-def process_pool(workers: int) -> multiprocessing.pool.Pool:
+def process_pool(workers: int, preload: Sequence[str] = ("data",)) -> multiprocessing.pool.Pool:
     """A pool of worker processes, started by a fork server where there is one. Forking this process itself is
     not safe once torch's thread pools run (a child can inherit a lock another thread held and wait on it
-    forever); the server imports this module once, so each worker starts with torch loaded. A fork server must
-    re-import the main script, so code run from stdin (`python - <<EOF`) keeps the platform default."""
+    forever); the server imports `preload` (the worker's module) once, so each worker starts with torch loaded.
+    A fork server must re-import the main script, so code run from stdin (`python - <<EOF`) keeps the default."""
     main_file = getattr(sys.modules["__main__"], "__file__", None)
     if "forkserver" in multiprocessing.get_all_start_methods() and (main_file is None or os.path.isfile(main_file)):
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["data", "demo"])
+        context.set_forkserver_preload(list(preload))
         return context.Pool(workers)
     return multiprocessing.Pool(workers)
-
-
-class Progress:
-    """Prints `label: done/total (pct), rate, elapsed, eta` every few seconds, so long work is never silent."""
-
-    def __init__(self, total: int, label: str, every_s: float = 5.0, unit: str = "") -> None:
-        self.total, self.label, self.every_s, self.unit = total, label, every_s, unit
-        self.done, self.start = 0, time.perf_counter()
-        self.last = self.start
-
-    def step(self, n: int = 1) -> None:
-        """Count n finished items and print a line if enough time has passed."""
-        self.done += n
-        now = time.perf_counter()
-        if now - self.last >= self.every_s and self.done < self.total:
-            self.last = now
-            elapsed = now - self.start
-            eta = elapsed / self.done * (self.total - self.done)
-            rate = f", {self.done / elapsed:.1f} {self.unit}/s" if self.unit else ""
-            print(f"{self.label}: {self.done}/{self.total} ({100 * self.done / self.total:.0f}%){rate}, "
-                  f"{elapsed:.0f}s elapsed, eta {eta:.0f}s", flush=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -185,12 +71,6 @@ def parse_int(text: str) -> int:
     if not value.is_integer():
         raise ValueError(text)
     return int(value)
-
-
-def canonical_class(name: str) -> str:
-    """A class name in its canonical spelling (happiness -> happy, Angry -> anger); unknown names lower-cased."""
-    name = name.strip().lower()
-    return CLASS_ALIASES.get(name, name)
 
 
 def read_classes(csv_path: str | os.PathLike) -> tuple[str, ...]:
@@ -305,7 +185,7 @@ def read_index(csv_path: str | os.PathLike, data_root: str | os.PathLike | None 
     """Read and validate an index CSV (path,label[,face box]); raises UserError on any problem."""
     samples, problems = _scan_index(csv_path, data_root, check_files)
     if problems:
-        more = f" (and {len(problems) - 1} more problems; see `python data.py check --csv {csv_path}`)" \
+        more = f" (and {len(problems) - 1} more problems; see `python datasets.py check --csv {csv_path}`)" \
             if len(problems) > 1 else ""
         raise UserError(problems[0] + more)
     return samples
@@ -317,14 +197,6 @@ def class_counts(samples: Sequence[Sample], num_classes: int) -> list[int]:
     for s in samples:
         counts[s.label] += 1
     return counts
-
-
-def write_index(out: str | os.PathLike, rows: Sequence[Sequence[object]], columns: Sequence[str]) -> None:
-    """Write an index CSV atomically."""
-    with atomic_write(out, "w") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(columns)
-        writer.writerows(rows)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -439,7 +311,7 @@ class FaceDataset(Dataset):
     where they cost a fraction of what they cost per image on a loader core.
     """
 
-    def __init__(self, samples: list[Sample], img_size: int = 224, draft: bool = True,
+    def __init__(self, samples: list[Sample], img_size: int = DEFAULT_IMG_SIZE, draft: bool = True,
                  grayscale: bool = False) -> None:
         self.samples = samples
         self.img_size = img_size
@@ -605,21 +477,18 @@ def _decode_problem(job: tuple[Sample, int]) -> str | None:
     return None
 
 
-def _focal_alpha(counts: list[int], classes: Sequence[str]) -> list[float]:
-    """Alpha from losses.class_alpha (the one copy of the formula); a zero-count class becomes a UserError."""
-    import losses  # imported here: converters and demo must work without the training stack
-
-    try:
-        return losses.class_alpha(counts)
-    except ValueError as err:
-        empty = [f"{i} {name}" for i, (name, n) in enumerate(zip(classes, counts)) if n == 0]
-        if empty:
-            raise UserError(f"focal alpha needs images of every class; none of class {', '.join(empty)}") from None
-        raise UserError(f"focal alpha: {err}") from None
+def focal_alpha(counts: Sequence[int], classes: Sequence[str], source: object) -> list[float]:
+    """losses.class_alpha of a training set's class counts (the one copy of the formula); a class without images
+    is a UserError naming it and the set (`source`), since its weight 1/sqrt(frequency) is undefined."""
+    empty = [f"{i} {name}" for i, (name, n) in enumerate(zip(classes, counts)) if n <= 0]
+    if empty:
+        raise UserError(f"focal alpha: {source} has no images of class {', '.join(empty)}, so its weight "
+                        f"1/sqrt(frequency) is undefined (train with --alpha as {len(classes)} numbers, or none)")
+    return losses.class_alpha(counts)
 
 
 def check_index(csv_path: str | os.PathLike, data_root: str | os.PathLike | None = None, files: bool = True,
-                decode: bool = False, img_size: int = 224) -> list[str]:
+                decode: bool = False, img_size: int = DEFAULT_IMG_SIZE) -> list[str]:
     """Validate an index CSV, print its class table with focal alpha, and return every problem found."""
     samples, problems = _scan_index(csv_path, data_root, check_files=files)
     if decode:
@@ -638,7 +507,7 @@ def check_index(csv_path: str | os.PathLike, data_root: str | os.PathLike | None
     counts = class_counts(samples, len(classes))
     total = max(1, sum(counts))
     try:
-        alpha = _focal_alpha(counts, classes)
+        alpha = focal_alpha(counts, classes, csv_path)
     except UserError as err:
         alpha, problems = None, problems + [str(err)]
     declared = Path(csv_path).parent / CLASSES_FILE
@@ -677,8 +546,9 @@ def _reference_image(sample: Sample) -> Image.Image:
     return im.crop((max(0, x), max(0, y), min(im.width, x + w), min(im.height, y + h)))
 
 
-def bench(csv_path: str | os.PathLike, data_root: str | os.PathLike | None = None, img_size: int = 224,
-          limit: int | None = 500, workers: int = 0, batch_size: int = 64, rounds: int = 3) -> dict[str, float]:
+def bench(csv_path: str | os.PathLike, data_root: str | os.PathLike | None = None,
+          img_size: int = DEFAULT_IMG_SIZE, limit: int | None = 500, workers: int = 0, batch_size: int = 64,
+          rounds: int = 3) -> dict[str, float]:
     """Training-input images/s on one core: the plain torchvision way (PIL decode, Resize, flip, ColorJitter,
     ToTensor, Normalize per image) against ours (loader side: reduced-scale decode, crop, resize to uint8),
     plus the batch augmentation's cost per image on this CPU. Best of interleaved rounds."""
@@ -764,17 +634,17 @@ def _prepare_one(job: tuple[Sample, Path, int]) -> str | None:
 
 
 def prepare(csv_path: str | os.PathLike, out_dir: str | os.PathLike, data_root: str | os.PathLike | None = None,
-            size: int = 224, workers: int | None = None) -> tuple[int, int, list[str]]:
-    """Decode each row's image once, crop its face box, resize to size x size and write it under out_dir (JPEG,
+            img_size: int = DEFAULT_IMG_SIZE, workers: int | None = None) -> tuple[int, int, list[str]]:
+    """Decode each row's image once, crop its face box, resize to img_size x img_size and write it under out_dir (JPEG,
     quality 95, relative paths kept), then out_dir/index.csv (the same rows and columns, no box columns) and
     classes.txt. Resumable: finished crops are kept. Returns (written, skipped, problems)."""
     csv_path, out_dir = Path(csv_path), Path(out_dir)
     samples = read_index(csv_path, data_root)
     root = Path(data_root) if data_root is not None else csv_path.parent
     names = _prepared_names(samples, root)
-    jobs = [(s, out_dir / n, size) for s, n in zip(samples, names)]
+    jobs = [(s, out_dir / n, img_size) for s, n in zip(samples, names)]
     workers = workers or os.cpu_count() or 1
-    print(f"prepare: {len(jobs)} faces from {csv_path} -> {out_dir} at {size} px on {workers} processes",
+    print(f"prepare: {len(jobs)} faces from {csv_path} -> {out_dir} at {img_size} px on {workers} processes",
           flush=True)
     written, skipped, problems, failed = 0, 0, [], set()
     progress = Progress(len(jobs), "prepare", unit="images")
@@ -796,135 +666,10 @@ def prepare(csv_path: str | os.PathLike, out_dir: str | os.PathLike, data_root: 
     rows = [[name if c == "path" else by_line[s.line].get(c, "") for c in columns]
             for i, (s, name) in enumerate(zip(samples, names)) if i not in failed]
     write_classes(out_dir, read_classes(csv_path))
-    write_index(out_dir / "index.csv", rows, columns)
+    write_csv(out_dir / "index.csv", columns, rows)
     return written, skipped, problems
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# CLI
-# ---------------------------------------------------------------------------------------------------------------------
-
-def int_at_least(minimum: int) -> Callable[[str], int]:
-    """argparse type: an integer >= minimum, so a bad flag gets argparse's own one-line error."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
-        return value
-    return parse
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    """Sub-commands: check, one per dataset layout (converters.LAYOUTS), demo, bench."""
-    parser = argparse.ArgumentParser(description="Index CSVs: convert a dataset, check, demo set, loader benchmark.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("check", help="validate an index CSV, print the class table and focal alpha")
-    p.add_argument("--csv", required=True, help="index CSV (path,label[,face_x,face_y,face_width,face_height])")
-    p.add_argument("--data-root", help="folder that relative paths join (default: the CSV's folder)")
-    files = p.add_mutually_exclusive_group()
-    files.add_argument("--decode", action="store_true", help="also decode every image on all cores")
-    files.add_argument("--no-files", action="store_true", help="check the CSV and counts only, not the image files")
-    p.add_argument("--img-size", type=int_at_least(1), default=224,
-                   help="input size S, for --decode's reduced-scale decoding")
-
-    import converters  # here, not at the top: converters.py imports this module
-
-    for name, (summary, flags, convert) in converters.LAYOUTS.items():
-        p = sub.add_parser(name, help=summary)
-        for names, options in flags:
-            p.add_argument(*names, **options)
-        p.set_defaults(convert=convert)
-
-    p = sub.add_parser("demo", help="write the synthetic demo set (train.csv, val.csv, images)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--seed", type=int_at_least(0), default=42)
-    p.add_argument("--min-train-per-class", type=int_at_least(1), default=24,
-                   help="size of the smallest training class")
-    p.add_argument("--val-per-class", type=int_at_least(1), default=30)
-    p.add_argument("--image-size", type=int_at_least(16), default=96)
-    p.add_argument("--balanced", action="store_true",
-                   help="every training class has --min-train-per-class images (default: Table 2's proportions)")
-
-    p = sub.add_parser("prepare", help="crop every face once, ahead of training (full-release photos: always)")
-    p.add_argument("--csv", required=True, help="index CSV with face boxes (e.g. from `data.py affectnet`)")
-    p.add_argument("--data-root", help="folder that relative paths join (default: the CSV's folder)")
-    p.add_argument("--out", required=True, help="folder for the crops, index.csv and classes.txt")
-    p.add_argument("--size", type=int_at_least(1), default=224, help="crop side in px (default: 224, the thesis's)")
-    p.add_argument("--workers", type=int_at_least(1), default=None, help="processes (default: all cores)")
-
-    p = sub.add_parser("bench", help="training-input images/s per core: plain torchvision vs ours, + batch jitter")
-    p.add_argument("--csv", required=True)
-    p.add_argument("--data-root", help="folder that relative paths join (default: the CSV's folder)")
-    p.add_argument("--img-size", type=int_at_least(1), default=224)
-    p.add_argument("--limit", type=int_at_least(1), default=500, help="first N rows (default 500)")
-    p.add_argument("--workers", type=int_at_least(0), default=0,
-                   help="DataLoader workers for ours (default 0: the per-core rate)")
-    p.add_argument("--batch-size", type=int_at_least(1), default=64)
-    p.add_argument("--rounds", type=int_at_least(1), default=3, help="interleaved rounds; the best of each is reported")
-    p.add_argument("--json", help="also write the numbers to this JSON file")
-    return parser
-
-
-def main(args: argparse.Namespace) -> None:
-    """Run one sub-command; bad input raises UserError."""
-    if args.command == "check":
-        problems = check_index(args.csv, args.data_root, files=not args.no_files, decode=args.decode,
-                               img_size=args.img_size)
-        if problems:
-            # Every problem is counted; the listing stops at 100 so a wholly wrong file stays readable.
-            for problem in problems[:100]:
-                print(f"problem: {problem}")
-            if len(problems) > 100:
-                print(f"... and {len(problems) - 100} more problems")
-            raise UserError(f"{len(problems)} problem(s) in {args.csv}; first: {problems[0]}")
-        print(f"ok: {args.csv}")
-    elif hasattr(args, "convert"):
-        import converters
-
-        converters.report(args.convert(args))
-    elif args.command == "demo":
-        start = time.perf_counter()
-        import demo  # the renderer; not needed by anything else in this file
-
-        train_csv, val_csv = demo.make_demo(args.out, args.seed, args.min_train_per_class, args.val_per_class,
-                                            args.image_size, args.balanced)
-        counts = demo.demo_counts(args.min_train_per_class, args.balanced)
-        print(f"wrote {train_csv} ({sum(counts)} images: " + ", ".join(f"{n} {c}" for n, c in zip(counts, AFFECTNET8))
-              + f") and {val_csv} ({args.val_per_class * len(AFFECTNET8)} images) "
-              f"in {time.perf_counter() - start:.1f}s")
-    elif args.command == "prepare":
-        written, skipped, problems = prepare(args.csv, args.out, args.data_root, args.size, args.workers)
-        print(f"prepared {written} crops, {skipped} already there; wrote {Path(args.out) / 'index.csv'}")
-        if problems:
-            raise UserError(f"{len(problems)} image(s) could not be read (each named above); index.csv lists the "
-                            "others; fix or drop those rows and run prepare again (finished crops are kept)")
-        print(f"next: train with --train-csv {Path(args.out) / 'index.csv'} (no --data-root)")
-    elif args.command == "bench":
-        r = bench(args.csv, args.data_root, args.img_size, args.limit, args.workers, args.batch_size, args.rounds)
-        print(f"{r['images']} images at {args.img_size} px, one core, best of {args.rounds} rounds:")
-        print(f"  plain torchvision (PIL decode, Resize, flip, ColorJitter, ToTensor, Normalize): "
-              f"{r['reference_per_core']:.1f} images/s")
-        print(f"  ours, loader side (reduced-scale decode, crop, resize, uint8): {r['ours_per_core']:.1f} images/s "
-              f"= {r['speedup']:.1f}x")
-        print(f"  ours, batch flip + colour jitter + normalise on this CPU: {r['batch_augment_ms_per_image']:.3f} ms "
-              "per image (on a GPU it runs on the training device)")
-        if args.json:
-            with atomic_write(args.json) as f:
-                json.dump(r, f, indent=2)
-                f.write("\n")
-
-
-if __name__ == "__main__":
-    # Run as the module `data`, not `__main__`: demo.py imports `data`, and its errors must be the UserError
-    # caught here.
-    import data
-
-    args = data.get_args_parser().parse_args()
-    try:
-        data.main(args)
-    except data.UserError as err:
-        sys.exit(f"error: {err}")
+if __name__ == "__main__":  # the commands need the converters and demo, which sit above this library: datasets.py
+    print("error: `python data.py` was renamed `python datasets.py` (same sub-commands and flags)", file=sys.stderr)
+    sys.exit(2)

@@ -1,7 +1,7 @@
 """The built-in demo set: synthetic faces for the 8 expressions under in-the-wild nuisance (clutter, pose,
 skin tone, hair, occluders, lighting, blur, noise), written as JPEGs with index CSVs like a real dataset.
 
-    python data.py demo --out demo_data      # the CLI lives in data.py with the other data sub-commands
+    python datasets.py demo --out demo_data      # the CLI lives in datasets.py with the other data commands
 """
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from data import AFFECTNET8, TABLE2_COUNTS, Progress, atomic_write, process_pool, write_classes, write_index
+from data import TABLE2_COUNTS, process_pool, write_classes
+from utils import AFFECTNET8, Progress, atomic_write, write_csv
 
 # Face-frame units: u across (-1..1 = face half-width), v down (-1..1 = face half-height).
 # Per class: brow (inner end, outer end) vertical offset (+ = down), eye opening, mouth kind, mouth half-width,
@@ -136,9 +137,9 @@ def _draw_face(draw: ImageDraw.ImageDraw, label: int, rng: np.random.Generator, 
         draw.line(outline + outline[:1], fill=lip, width=max(1, line_w // 2))
 
 
-def _demo_image(label: int, rng: np.random.Generator, image_size: int) -> Image.Image:
+def _demo_image(label: int, rng: np.random.Generator, img_size: int) -> Image.Image:
     """One demo image: cluttered background, a face, an occasional occluder, then lighting, blur and noise."""
-    size = image_size * 2  # draw at 2x and downsample: cheap anti-aliasing
+    size = img_size * 2  # draw at 2x and downsample: cheap anti-aliasing
     image = Image.new("RGB", (size, size), _color(rng, 40, 220))
     draw = ImageDraw.Draw(image)
     for _ in range(int(rng.integers(3, 9))):  # clutter: shapes of random colour anywhere in the frame
@@ -156,34 +157,34 @@ def _demo_image(label: int, rng: np.random.Generator, image_size: int) -> Image.
         x0, y0 = rng.uniform(0.15, 0.7, 2) * size
         ext = rng.uniform(0.12, 0.28, 2) * size
         draw.rounded_rectangle([x0, y0, x0 + ext[0], y0 + ext[1]], radius=int(ext.min() / 3), fill=_color(rng))
-    image = image.resize((image_size, image_size), Image.Resampling.BOX)
+    image = image.resize((img_size, img_size), Image.Resampling.BOX)
 
     # Lighting: global gain, per-channel colour cast and a linear gradient in a random direction; then sensor noise.
-    ramp = np.linspace(-0.5, 0.5, image_size, dtype=np.float32)
+    ramp = np.linspace(-0.5, 0.5, img_size, dtype=np.float32)
     phi, strength = rng.uniform(0, 2 * math.pi), rng.uniform(0, 0.5)
     shade = rng.uniform(0.75, 1.2) * (1 + strength * (ramp[None, :] * math.cos(phi) + ramp[:, None] * math.sin(phi)))
     pixels = np.asarray(image, dtype=np.float32) * shade[..., None] * rng.uniform(0.9, 1.1, 3).astype(np.float32)
     pixels += rng.standard_normal(pixels.shape, dtype=np.float32) * rng.uniform(0, 8)
     image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
     if rng.random() < 0.5:
-        image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2) * image_size / 96))
+        image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2) * img_size / 96))
     return image
 
 
 def _demo_file(job: tuple[Path, str, int, int, int, int, int]) -> None:
     """Pool worker: render one demo image and write it atomically."""
-    out, rel, seed, split_id, label, index, image_size = job
+    out, rel, seed, split_id, label, index, img_size = job
     # One generator per image, keyed by (seed, split, class, index): no byte depends on order or on the worker.
     rng = np.random.default_rng([seed, split_id, label, index])
     buffer = io.BytesIO()
     # Fixed quality and no EXIF/ICC/timestamps: the same seed gives byte-identical files.
-    _demo_image(label, rng, image_size).save(buffer, "JPEG", quality=90)
+    _demo_image(label, rng, img_size).save(buffer, "JPEG", quality=90)
     with atomic_write(out / rel, "wb") as f:
         f.write(buffer.getvalue())
 
 
 def make_demo(out_dir: str | os.PathLike, seed: int = 42, min_train_per_class: int = 24, val_per_class: int = 30,
-              image_size: int = 96, balanced: bool = False) -> tuple[Path, Path]:
+              img_size: int = 96, balanced: bool = False) -> tuple[Path, Path]:
     """Write a deterministic synthetic demo set (JPEGs, classes.txt, train.csv, val.csv); returns both CSVs."""
     out = Path(out_dir)
     splits = {"train": demo_counts(min_train_per_class, balanced), "val": [val_per_class] * len(AFFECTNET8)}
@@ -192,13 +193,13 @@ def make_demo(out_dir: str | os.PathLike, seed: int = 42, min_train_per_class: i
         for label, count in enumerate(counts):
             for i in range(count):
                 rel = f"{split}/{AFFECTNET8[label]}/{AFFECTNET8[label]}_{i:05d}.jpg"
-                jobs.append((out, rel, seed, split_id, label, i, image_size))
+                jobs.append((out, rel, seed, split_id, label, i, img_size))
                 rows[split].append((rel, label))
     progress = Progress(len(jobs), "demo")
-    with process_pool(os.cpu_count() or 1) as pool:
+    with process_pool(os.cpu_count() or 1, ("demo",)) as pool:
         for _ in pool.imap_unordered(_demo_file, jobs, chunksize=16):
             progress.step()
     write_classes(out, AFFECTNET8)
     for split in splits:  # the index files last: they only ever list images that are complete
-        write_index(out / f"{split}.csv", rows[split], ("path", "label"))
+        write_csv(out / f"{split}.csv", ("path", "label"), rows[split])
     return out / "train.csv", out / "val.csv"

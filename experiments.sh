@@ -14,7 +14,7 @@
 # an interrupted run resumes from its last.pt (mid-epoch too), a finished run whose settings changed
 # is an error, and a second experiments.sh on the same results folder refuses to start.
 # AffectNet's full release (whole photos + face boxes): crop the faces once first, then train on the
-# crops, e.g. python data.py prepare --csv data/train.csv --out data/train_224 (see the README).
+# crops, e.g. python datasets.py prepare --csv data/train.csv --out data/train_224 (see the README).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -108,7 +108,7 @@ fi
 if [ "$DEMO" = 1 ] && { [ ! -f "$DEMO_DIR/train.csv" ] || [ ! -f "$DEMO_DIR/val.csv" ]; }; then
   echo "==> building the demo set in $DEMO_DIR"
   # Half the default size: 12 images each of disgust and contempt, in Table 2's proportions, 160 to validate.
-  python data.py demo --out "$DEMO_DIR" --seed 42 --min-train-per-class 12 --val-per-class 20 --image-size 64
+  python datasets.py demo --out "$DEMO_DIR" --seed 42 --min-train-per-class 12 --val-per-class 20 --img-size 64
 fi
 [ -f "$TRAIN_CSV" ] || die "training CSV not found: $TRAIN_CSV"
 [ -f "$VAL_CSV" ] || die "validation CSV not found: $VAL_CSV"
@@ -160,8 +160,8 @@ START=$(date +%s)
 if [ "$DEMO" = 1 ] && [ "$WEIGHTS" = "$PRETRAIN_DIR/backbones" ]; then
   if [ ! -f "$PRETRAIN_DIR/train.csv" ] || [ ! -f "$PRETRAIN_DIR/val.csv" ]; then
     echo "==> building the pretraining set in $PRETRAIN_DIR"
-    python data.py demo --out "$PRETRAIN_DIR" --seed 7 --balanced --min-train-per-class "$PRETRAIN_PER_CLASS" \
-      --val-per-class 20 --image-size 64
+    python datasets.py demo --out "$PRETRAIN_DIR" --seed 7 --balanced --min-train-per-class "$PRETRAIN_PER_CLASS" \
+      --val-per-class 20 --img-size 64
   fi
   for backbone in resnet50 convnext_tiny; do
     if [ -f "$(weights "$backbone")" ]; then echo "==> pretrained $backbone: $(weights "$backbone")"; continue; fi

@@ -23,6 +23,7 @@ import torch
 import data
 import models
 import onnx_model
+import utils
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -32,16 +33,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     out = p.add_mutually_exclusive_group(required=True)
     out.add_argument("--out", help="ONNX file to write, e.g. model.onnx")
     out.add_argument("--backbone-out", help="write the backbone as a torchvision state dict here instead (no ONNX)")
-    p.add_argument("--opset", type=data.int_at_least(18), default=onnx_model.OPSET,
+    p.add_argument("--opset", type=utils.int_at_least(18), default=onnx_model.OPSET,
                    help=f"ONNX opset (default: {onnx_model.OPSET}; the exporter supports 18 and later)")
-    p.add_argument("--img-size", type=data.int_at_least(32), default=None,
+    p.add_argument("--img-size", type=utils.int_at_least(32), default=None,
                    help="input side in px (default: the checkpoint's)")
     p.add_argument("--val-csv", default=None, help="also check on real images: a validation index CSV")
-    p.add_argument("--data-root", default=None, help="folder relative image paths start from (default: the CSV's)")
-    p.add_argument("--limit", type=data.int_at_least(1), default=256,
+    p.add_argument("--data-root", help="folder relative image paths start from (default: each CSV's folder)")
+    p.add_argument("--limit", type=utils.int_at_least(1), default=256,
                    help="--val-csv: check on the first N images (default: 256)")
-    p.add_argument("--batch-size", type=data.int_at_least(1), default=32, help="--val-csv batch size (default: 32)")
-    p.add_argument("--workers", type=data.int_at_least(0), default=0, help="--val-csv loading processes (default: 0)")
+    p.add_argument("--batch-size", type=utils.int_at_least(1), default=32, help="--val-csv batch size (default: 32)")
+    p.add_argument("--workers", type=utils.int_at_least(0), default=0, help="--val-csv loading processes (default: 0)")
     return p
 
 
@@ -50,14 +51,14 @@ def check(name: str, result: dict, out: str) -> None:
     line = f"{name}: {onnx_model.describe(result)}"
     print(line, flush=True)
     if not result["ok"]:
-        raise data.UserError(f"{out}: not written, ONNX Runtime disagrees with eager PyTorch on {line}")
+        raise utils.UserError(f"{out}: not written, ONNX Runtime disagrees with eager PyTorch on {line}")
 
 
 def export_backbone(ckpt: str, out: str) -> None:
     """Write a checkpoint's backbone as a torchvision-format state dict, atomically."""
-    model, meta = models.load_model(ckpt, "cpu")
+    model, meta = onnx_model.load_any(ckpt, "cpu")
     state = models.backbone_state_dict(model, meta["arch"])
-    with data.atomic_write(out, "wb") as f:
+    with utils.atomic_write(out, "wb") as f:
         torch.save(state, f)
     print(f"wrote {out}: the {models.HYBRIDS.get(meta['arch']['name'], meta['arch']['name'])} backbone of "
           f"{meta['experiment']} ({len(state)} tensors; use it with train.py --weights {out})", flush=True)
@@ -70,7 +71,7 @@ def main(args: argparse.Namespace) -> None:
         return
     onnx_model.require("export.py", ("onnx", "onnxruntime", "onnxscript"))
     samples = data.read_index(args.val_csv, args.data_root)[:args.limit] if args.val_csv else None
-    model, meta = models.load_model(args.ckpt, "cpu")
+    model, meta = onnx_model.load_any(args.ckpt, "cpu")
     arch = meta["arch"]
     img_size = args.img_size or models.arch_img_size(arch)
     print(f"{args.ckpt}: {arch['name']} ({meta['experiment']}) at {img_size} px, opset {args.opset}", flush=True)
@@ -85,7 +86,7 @@ def main(args: argparse.Namespace) -> None:
         reference, _ = models.predict_logits(model, loader, "cpu")
         logits, _ = models.predict_logits(exported, loader, "cpu")
         check(f"{args.val_csv} (first {len(samples)} images)", onnx_model.compare(reference, logits), args.out)
-    with data.atomic_write(args.out, "wb") as f:
+    with utils.atomic_write(args.out, "wb") as f:
         f.write(blob)
     print(f"wrote {args.out} ({exported.runtime})", flush=True)
 
@@ -94,5 +95,5 @@ if __name__ == "__main__":
     args = get_args_parser().parse_args()
     try:
         main(args)
-    except data.UserError as err:
+    except utils.UserError as err:
         sys.exit(f"error: {err}")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # FER2013 from random initialisation on a CPU: the released model, and the imbalance comparison.
 #
-#   python data.py fer2013 --root FER2013_DIR --out data/fer2013    # train/ + test/ (or publictest/) JPEG folders
+#   python datasets.py fer2013 --root FER2013_DIR --out data/fer2013    # train/ + test/ (or publictest/) JPEG folders
 #   bash fer2013.sh release [INDEX_DIR] [RESULTS]   # the released model: 30 epochs, then pretrained/ (.pt, .onnx)
 #   bash fer2013.sh compare [INDEX_DIR] [RESULTS]   # CE / focal + alpha / balanced sampler / logit adjustment, 2 seeds
 #
@@ -18,7 +18,7 @@ RESULTS=${3:-results/fer2013}
 case "$MODE" in release|compare) ;; -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   *) die "first argument: release or compare (see --help), not '${MODE}'" ;; esac
 for f in train.csv val.csv classes.txt; do
-  [ -f "$INDEX/$f" ] || die "$INDEX/$f not found; make it with: python data.py fer2013 --root FER2013_DIR --out $INDEX"
+  [ -f "$INDEX/$f" ] || die "$INDEX/$f not found; make it with: python datasets.py fer2013 --root FER2013_DIR --out $INDEX"
 done
 
 # The released model's recipe. Not the thesis's (224 px, ImageNet weights, 30 epochs of AdamW at 1e-4): FER2013 is

@@ -1,19 +1,16 @@
-"""Validation metrics and their report files (JSON, CSV, heatmap PNGs), their statistics, and the thesis's numbers.
+"""Validation metrics, their statistics, reading predictions files, and the thesis's numbers.
 
 compute_metrics() is the one place metrics are computed (train.py, evaluate.py, ensemble_tta.py, predict.py);
 bootstrap() is the one resampling engine behind every confidence interval and paired test (evaluate.py,
 summarize.py).
 """
 import csv
-import json
-import os
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
-import data
-import plots
+import utils
 
 # --- Thesis reference numbers, shown beside ours by ensemble_tta.py, summarize.py and benchmark.py ---
 
@@ -37,7 +34,7 @@ THESIS_RESCUE = {
     "checkpoint ensemble, no TTA": (0.5799, 0.5714),
     "checkpoint ensemble + h-flip TTA": (0.5821, 0.5741),
 }
-# Tables 9 and 10 (per-class F1 in AffectNet-8 order, data.AFFECTNET8): best CNN-only and best hybrid single model.
+# Tables 9 and 10 (per-class F1 in AffectNet-8 order, utils.AFFECTNET8): best CNN-only and best hybrid single model.
 THESIS_PER_CLASS_F1 = {
     "cnn": (0.5131, 0.6795, 0.6176, 0.5508, 0.6173, 0.6093, 0.5843, 0.4460),
     "hybrid": (0.5149, 0.6894, 0.6325, 0.5668, 0.6438, 0.5608, 0.5726, 0.3852),
@@ -256,43 +253,7 @@ def fmt_interval(bounds: Sequence[float], digits: int = 4) -> str:
     return f"[{bounds[0]:.{digits}f}, {bounds[1]:.{digits}f}]"
 
 
-# --- Report files ---
-
-def write_report(out_dir: str, metrics: dict, class_names: Sequence[str], predictions: tuple | None = None,
-                 title: str = "") -> None:
-    """Write metrics.json, per_class.csv, both confusion matrices as CSV and PNG, and predictions.csv if given."""
-    out = os.fspath(out_dir)
-    with data.atomic_write(os.path.join(out, "metrics.json")) as f:
-        json.dump(metrics, f, indent=2)
-        f.write("\n")
-    with data.atomic_write(os.path.join(out, "per_class.csv")) as f:
-        writer = csv.writer(f, lineterminator="\n")
-        ci = metrics.get("ci95", {}).get("per_class_f1", {})
-        writer.writerow(["class", "precision", "recall", "f1", "support", "f1_ci95_lo", "f1_ci95_hi"])
-        for name, m in metrics["per_class"].items():
-            writer.writerow([name, f"{m['precision']:.6f}", f"{m['recall']:.6f}", f"{m['f1']:.6f}", m["support"],
-                             *((f"{v:.6f}" for v in ci[name]) if name in ci else ("", ""))])
-    for key, suffix in (("confusion_matrix", ""), ("confusion_matrix_normalized", "_normalized")):
-        matrix = np.asarray(metrics[key], dtype=np.float64)
-        normalized = bool(suffix)
-        with data.atomic_write(os.path.join(out, f"confusion_matrix{suffix}.csv")) as f:
-            writer = csv.writer(f, lineterminator="\n")
-            writer.writerow(["true\\predicted", *class_names])
-            for name, row in zip(class_names, matrix):
-                writer.writerow([name, *(f"{v:.6f}" if normalized else int(v) for v in row)])
-        heading = f"{title or 'Confusion matrix'}{' (row-normalised)' if normalized else ''}"
-        subtitle = (f"accuracy {metrics['accuracy']:.4f}    macro-F1 {metrics['macro_f1']:.4f}    "
-                    f"n = {int(np.sum(metrics['confusion_matrix']))}")
-        plots.save_png(os.path.join(out, f"confusion_matrix{suffix}.png"),
-                       plots.draw_confusion_matrix(matrix, class_names, heading, subtitle, normalized))
-    if predictions is not None:
-        paths, labels, preds, probs = predictions
-        with data.atomic_write(os.path.join(out, "predictions.csv")) as f:
-            writer = csv.writer(f, lineterminator="\n")
-            writer.writerow(["path", "label", "pred", *(f"prob_{name}" for name in class_names)])
-            for path, label, pred, prob in zip(paths, labels, preds, np.asarray(probs)):
-                writer.writerow([path, int(label), int(pred), *(f"{p:.6f}" for p in prob)])
-
+# --- Predictions files ---
 
 def read_predictions(path: str) -> tuple[list[str], list[int], list[int], tuple[str, ...]]:
     """Paths, labels, preds and class names (from prob_<class> columns, else AffectNet-8's) of a predictions CSV."""
@@ -302,8 +263,8 @@ def read_predictions(path: str) -> tuple[list[str], list[int], list[int], tuple[
             header = reader.fieldnames or []
             missing = [c for c in ("path", "label", "pred") if c not in header]
             if missing:
-                raise data.UserError(f"{path}: missing column(s) {', '.join(missing)} (need path,label,pred)")
-            names = tuple(c[len("prob_"):] for c in header if c.startswith("prob_")) or data.AFFECTNET8
+                raise utils.UserError(f"{path}: missing column(s) {', '.join(missing)} (need path,label,pred)")
+            names = tuple(c[len("prob_"):] for c in header if c.startswith("prob_")) or utils.AFFECTNET8
             paths, labels, preds = [], [], []
             for row in reader:
                 for column, values in (("label", labels), ("pred", preds)):
@@ -313,16 +274,16 @@ def read_predictions(path: str) -> tuple[list[str], list[int], list[int], tuple[
                     except ValueError:
                         index = -1
                     if not 0 <= index < len(names):
-                        raise data.UserError(f"{path} line {reader.line_num}: {column} {value!r} is not a class index "
-                                             f"0..{len(names) - 1}")
+                        raise utils.UserError(f"{path} line {reader.line_num}: {column} {value!r} is not a class index "
+                                              f"0..{len(names) - 1}")
                     values.append(index)
                 paths.append(row["path"])
     except FileNotFoundError:
-        raise data.UserError(f"{path}: no such predictions file") from None
+        raise utils.UserError(f"{path}: no such predictions file") from None
     except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise data.UserError(f"{path}: cannot read as CSV ({err})") from None
+        raise utils.UserError(f"{path}: cannot read as CSV ({err})") from None
     if not labels:
-        raise data.UserError(f"{path}: no predictions (empty file)")
+        raise utils.UserError(f"{path}: no predictions (empty file)")
     return paths, labels, preds, names
 
 
@@ -338,21 +299,21 @@ def align_predictions(files: Sequence[str]) -> tuple[np.ndarray, np.ndarray, tup
     for file in files[1:]:
         paths, other_labels, other_preds, other_classes = read_predictions(file)
         if other_classes != classes:
-            raise data.UserError(f"{file}: classes {','.join(other_classes)} differ from {files[0]}'s "
-                                 f"{','.join(classes)}")
+            raise utils.UserError(f"{file}: classes {','.join(other_classes)} differ from {files[0]}'s "
+                                  f"{','.join(classes)}")
         where = _positions(file, paths)
         only_first, only_other = [p for p in first_paths if p not in where], [p for p in paths if p not in position]
         if only_first or only_other:
-            raise data.UserError(f"{files[0]} and {file} do not hold the same images: {len(only_first)} only in the "
-                                 f"first{_examples(only_first)}, {len(only_other)} only in the second"
-                                 f"{_examples(only_other)}")
+            raise utils.UserError(f"{files[0]} and {file} do not hold the same images: {len(only_first)} only in the "
+                                  f"first{_examples(only_first)}, {len(only_other)} only in the second"
+                                  f"{_examples(only_other)}")
         order = [where[p] for p in first_paths]
         wrong = [(p, labels[i], other_labels[order[i]]) for i, p in enumerate(first_paths)
                  if other_labels[order[i]] != labels[i]]
         if wrong:
             shown = ", ".join(f"{p}: {a} vs {b}" for p, a, b in wrong[:3])
-            raise data.UserError(f"{files[0]} and {file} disagree on the label of {len(wrong)} image(s) "
-                                 f"(first: {shown})")
+            raise utils.UserError(f"{files[0]} and {file} disagree on the label of {len(wrong)} image(s) "
+                                  f"(first: {shown})")
         preds.append(np.asarray(other_preds, dtype=np.int64)[order])
     return np.asarray(labels, dtype=np.int64), np.stack(preds), classes
 
@@ -363,7 +324,7 @@ def _positions(file: str, paths: list[str]) -> dict[str, int]:
     for i, path in enumerate(paths):
         if path in position:
             # +2: line 1 is the header.
-            raise data.UserError(f"{file} line {i + 2}: image {path} already listed on line {position[path] + 2}")
+            raise utils.UserError(f"{file} line {i + 2}: image {path} already listed on line {position[path] + 2}")
         position[path] = i
     return position
 

@@ -24,6 +24,7 @@ import torchvision
 from torch import nn
 
 import data
+import utils
 
 CHECKPOINT_FORMAT = "fer-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -95,7 +96,7 @@ MODEL_NAMES: tuple[str, ...] = (*BACKBONES, *HYBRIDS)
 D_MODEL, N_HEADS, D_FF, DROPOUT = 256, 8, 512, 0.1
 
 
-class CheckpointError(data.UserError):
+class CheckpointError(utils.UserError):
     """A checkpoint or weights file that cannot be used; the message is one line naming the file."""
 
 
@@ -297,12 +298,12 @@ def resolve_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise data.UserError(f"--device {name}: not a device name (use auto, cpu, cuda or cuda:N)") from None
+        raise utils.UserError(f"--device {name}: not a device name (use auto, cpu, cuda or cuda:N)") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise data.UserError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+            raise utils.UserError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise data.UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+            raise utils.UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
     return device
 
 
@@ -386,7 +387,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, arch: dict, exper
                     metrics: dict | None = None, train_state: dict | None = None,
                     keep_previous: str | os.PathLike | None = None) -> None:
     """Write a checkpoint atomically: format tag, arch, experiment id, metrics, weights, training state
-    (keep_previous: first rename the checkpoint it replaces to this name). A failed write is a data.WriteError."""
+    (keep_previous: first rename the checkpoint it replaces to this name). A failed write is a utils.WriteError."""
     missing = {"name", "num_classes"} - set(arch)
     if missing:
         raise ValueError(f"arch lacks {sorted(missing)}")
@@ -399,7 +400,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, arch: dict, exper
         "model": strip_prefixes(unwrap(model).state_dict()),
         "train_state": train_state,
     }
-    with data.atomic_write(path, "wb", keep_previous=keep_previous) as f:
+    with utils.atomic_write(path, "wb", keep_previous=keep_previous) as f:
         torch.save(checkpoint, f)
 
 
@@ -421,12 +422,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 
 def arch_classes(arch: dict) -> tuple[str, ...]:
     """A checkpoint's class names (AffectNet-8 for checkpoints that predate the key)."""
-    return tuple(arch.get("classes") or data.AFFECTNET8)
+    return tuple(arch.get("classes") or utils.AFFECTNET8)
 
 
 def arch_img_size(arch: dict) -> int:
-    """A checkpoint's input size (the thesis's 224 for checkpoints that predate the key)."""
-    return int(arch.get("img_size") or 224)
+    """A checkpoint's input size (the thesis's, utils.DEFAULT_IMG_SIZE, for checkpoints that predate the key)."""
+    return int(arch.get("img_size") or utils.DEFAULT_IMG_SIZE)
 
 
 def arch_grayscale(arch: dict) -> bool:
@@ -436,12 +437,8 @@ def arch_grayscale(arch: dict) -> bool:
 
 def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild a model from a checkpoint alone: (model in eval mode on device, {arch, experiment, metrics}).
-    A `.onnx` file written by export.py gives an onnx_model.OnnxModel (ONNX Runtime) with the same meta keys."""
+    onnx_model.load_any reads either this or an exported `.onnx` with the same meta keys."""
     device = resolve_device(device) if isinstance(device, str) else device
-    if Path(path).suffix.lower() == ".onnx":
-        import onnx_model  # here, not at the top: checkpoints need none of the ONNX packages
-
-        return onnx_model.load(path, device)
     checkpoint = load_checkpoint(path)
     arch = checkpoint["arch"]
     # Built on the meta device: no time spent on random init the checkpoint overwrites anyway.
@@ -483,7 +480,7 @@ def predict_views(model: nn.Module, loader: torch.utils.data.DataLoader, device:
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    meter = data.Progress(len(loader.dataset), progress) if progress is not None else None
+    meter = utils.Progress(len(loader.dataset), progress) if progress is not None else None
     plain, mirrored, labels = [], [], []
     try:
         for images, targets in loader:

@@ -1,11 +1,11 @@
 """ONNX export and ONNX Runtime inference: the exported-model format.
 
-export.py writes it; models.load_model reads a `.onnx` path through this file, so predict.py, evaluate.py and
-ensemble_tta.py run an exported model through the same code as a checkpoint, and benchmark.py times it beside
-eager and the fast path. An exported model takes float32 images [N, 3, S, S] (RGB, scaled to 0-1, then
-normalised with the stored mean and std) and returns float32 logits [N, num_classes]; N is a dynamic axis.
-Its metadata holds what a deployment needs to preprocess and label: classes, image size, mean, std, the
-experiment id, the architecture and the checkpoint's metrics.
+export.py writes it; load_any() reads a model file, an exported `.onnx` or a checkpoint (models.load_model),
+so predict.py, evaluate.py and ensemble_tta.py run an exported model through the same code as a checkpoint, and
+benchmark.py times it beside eager and the fast path. An exported model takes float32 images [N, 3, S, S]
+(RGB, scaled to 0-1, then normalised with the stored mean and std) and returns float32 logits [N, num_classes];
+N is a dynamic axis. Its metadata holds what a deployment needs to preprocess and label: classes, image size,
+mean, std, the experiment id, the architecture and the checkpoint's metrics.
 
 The extras (onnx, onnxruntime, onnxscript for torch.onnx's exporter) are in requirements-onnx.txt.
 """
@@ -22,6 +22,7 @@ from torch import nn
 
 import data
 import models
+import utils
 
 FORMAT = "fer-onnx"
 VERSION = 1
@@ -47,7 +48,7 @@ def require(feature: str, modules: Sequence[str] = ("onnx", "onnxruntime")) -> l
         try:
             found.append(importlib.import_module(name))
         except ImportError:
-            raise data.UserError(f"{feature} needs {name}: {INSTALL_HINT}") from None
+            raise utils.UserError(f"{feature} needs {name}: {INSTALL_HINT}") from None
     return found
 
 
@@ -84,7 +85,7 @@ def export_bytes(model: nn.Module, arch: dict, experiment: str | None, metrics: 
                                     opset_version=opset, external_data=False, optimize=True, verbose=False)
     except Exception as err:  # exporter failures come in many types; all mean "this model did not export"
         text = " ".join(str(err).split())[:300]
-        raise data.UserError(f"torch.onnx.export failed for {arch['name']} at opset {opset}: {text}") from None
+        raise utils.UserError(f"torch.onnx.export failed for {arch['name']} at opset {opset}: {text}") from None
     proto = program.model_proto
     onnx.helper.set_model_props(proto, metadata(arch, experiment, metrics, img_size, opset))
     return proto.SerializeToString()
@@ -110,19 +111,19 @@ class OnnxModel(nn.Module):
         providers = ["CPUExecutionProvider"]
         if device.type == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise data.UserError(f"--device {device}: this ONNX Runtime has no CUDA provider (available: "
-                                     f"{', '.join(ort.get_available_providers())}); pip install onnxruntime-gpu, "
-                                     "or use --device cpu")
+                raise utils.UserError(f"--device {device}: this ONNX Runtime has no CUDA provider (available: "
+                                      f"{', '.join(ort.get_available_providers())}); pip install onnxruntime-gpu, "
+                                      "or use --device cpu")
             providers.insert(0, "CUDAExecutionProvider")
         name = "model bytes" if isinstance(source, bytes) else str(source)
         if not isinstance(source, bytes):
             if not Path(source).is_file():
-                raise data.UserError(f"{source}: file not found")
+                raise utils.UserError(f"{source}: file not found")
             source = str(source)
         try:
             self.session = ort.InferenceSession(source, sess_options=options, providers=providers)
         except Exception as err:  # ONNX Runtime raises its own exception types for unreadable models
-            raise data.UserError(f"{name}: not a readable ONNX model ({' '.join(str(err).split())[:200]})") from None
+            raise utils.UserError(f"{name}: not a readable ONNX model ({' '.join(str(err).split())[:200]})") from None
         self.props = dict(self.session.get_modelmeta().custom_metadata_map)
         self.input_name = self.session.get_inputs()[0].name
         self.runtime = (f"ONNX Runtime {ort.__version__} {self.session.get_providers()[0]}, "
@@ -139,10 +140,10 @@ def meta_of(model: OnnxModel, path: str | os.PathLike) -> dict:
     """{arch, experiment, metrics} from an exported model's metadata, shaped like models.load_model's meta."""
     props = model.props
     if props.get("format") != FORMAT:
-        raise data.UserError(f"{path}: an ONNX model without our metadata (no 'format': '{FORMAT}' entry); "
-                             "export it with export.py")
+        raise utils.UserError(f"{path}: an ONNX model without our metadata (no 'format': '{FORMAT}' entry); "
+                              "export it with export.py")
     if props.get("version") != str(VERSION):
-        raise data.UserError(f"{path}: exported-model version {props.get('version')!r}, this code reads {VERSION}")
+        raise utils.UserError(f"{path}: exported-model version {props.get('version')!r}, this code reads {VERSION}")
     try:
         arch = {"name": props["model"], "blocks": int(props["blocks"]), "num_classes": int(props["num_classes"]),
                 "img_size": int(props["img_size"]), "classes": json.loads(props["classes"]),
@@ -151,14 +152,17 @@ def meta_of(model: OnnxModel, path: str | os.PathLike) -> dict:
         extra = {"mean": json.loads(props["mean"]), "std": json.loads(props["std"]),
                  "opset": int(props["opset"]), "metrics": json.loads(props.get("metrics") or "{}")}
     except (KeyError, ValueError) as err:
-        raise data.UserError(f"{path}: damaged metadata ({type(err).__name__}: {err})") from None
+        raise utils.UserError(f"{path}: damaged metadata ({type(err).__name__}: {err})") from None
     return {"arch": arch, "experiment": props.get("experiment") or None, "metrics": extra["metrics"] or None,
             "mean": extra["mean"], "std": extra["std"], "opset": extra["opset"], "runtime": model.runtime}
 
 
-def load(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[OnnxModel, dict]:
-    """An exported model and its meta {arch, experiment, metrics, ...}, as models.load_model returns them."""
-    model = OnnxModel(path, device)
+def load_any(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
+    """A model file as every script reads it: an exported `.onnx` as an OnnxModel with its meta {arch, experiment,
+    metrics, ...}, else a checkpoint (models.load_model, whose meta has the same keys)."""
+    if Path(path).suffix.lower() != ".onnx":
+        return models.load_model(path, device)
+    model = OnnxModel(path, models.resolve_device(device) if isinstance(device, str) else device)
     return model.eval(), meta_of(model, path)
 
 

@@ -1,5 +1,5 @@
 """Pictures drawn with Pillow alone (no plotting package): confusion-matrix heatmaps, training curves, the
-accuracy-efficiency trade-off, and the shared text and axis helpers."""
+accuracy-efficiency trade-off, the shared text and axis helpers; and an evaluation's report folder (write_report)."""
 from __future__ import annotations
 
 import math
@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-import data
+from utils import atomic_write, write_csv, write_json
 
 # Viridis sampled at 9 points: perceptually even, readable in grey scale.
 _VIRIDIS = np.array([(68, 1, 84), (71, 44, 122), (59, 81, 139), (44, 113, 142), (33, 144, 141),
@@ -155,8 +155,38 @@ def draw_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], title:
 
 def save_png(path: str | os.PathLike, image: Image.Image) -> None:
     """Write a picture atomically (a reader never sees half a PNG; a full disk is a one-line WriteError)."""
-    with data.atomic_write(path, "wb") as f:
+    with atomic_write(path, "wb") as f:
         image.save(f, format="PNG")
+
+
+def write_report(out_dir: str, metrics: dict, class_names: Sequence[str], predictions: tuple | None = None,
+                 title: str = "") -> None:
+    """Write metrics.json, per_class.csv, both confusion matrices as CSV and PNG, and predictions.csv if given."""
+    out = os.fspath(out_dir)
+    write_json(os.path.join(out, "metrics.json"), metrics)
+    ci = metrics.get("ci95", {}).get("per_class_f1", {})
+    write_csv(os.path.join(out, "per_class.csv"),
+              ["class", "precision", "recall", "f1", "support", "f1_ci95_lo", "f1_ci95_hi"],
+              ([name, f"{m['precision']:.6f}", f"{m['recall']:.6f}", f"{m['f1']:.6f}", m["support"],
+                *((f"{v:.6f}" for v in ci[name]) if name in ci else ("", ""))]
+               for name, m in metrics["per_class"].items()))
+    for key, suffix in (("confusion_matrix", ""), ("confusion_matrix_normalized", "_normalized")):
+        matrix = np.asarray(metrics[key], dtype=np.float64)
+        normalized = bool(suffix)
+        write_csv(os.path.join(out, f"confusion_matrix{suffix}.csv"), ["true\\predicted", *class_names],
+                  ([name, *(f"{v:.6f}" if normalized else int(v) for v in row)]
+                   for name, row in zip(class_names, matrix)))
+        heading = f"{title or 'Confusion matrix'}{' (row-normalised)' if normalized else ''}"
+        subtitle = (f"accuracy {metrics['accuracy']:.4f}    macro-F1 {metrics['macro_f1']:.4f}    "
+                    f"n = {int(np.sum(metrics['confusion_matrix']))}")
+        save_png(os.path.join(out, f"confusion_matrix{suffix}.png"),
+                 draw_confusion_matrix(matrix, class_names, heading, subtitle, normalized))
+    if predictions is not None:
+        paths, labels, preds, probs = predictions
+        write_csv(os.path.join(out, "predictions.csv"),
+                  ["path", "label", "pred", *(f"prob_{name}" for name in class_names)],
+                  ([path, int(label), int(pred), *(f"{p:.6f}" for p in prob)]
+                   for path, label, pred, prob in zip(paths, labels, preds, np.asarray(probs))))
 
 
 # --- Line and point charts ---

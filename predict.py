@@ -17,7 +17,6 @@ takes a model exported by export.py (.onnx), run by ONNX Runtime through the sam
 from __future__ import annotations
 
 import argparse
-import csv
 import functools
 import os
 import sys
@@ -33,8 +32,9 @@ from PIL import Image, ImageDraw
 import data
 import detectors
 import models
+import onnx_model
 import plots
-from detectors import Box, FaceDetector, import_cv2, iou
+import utils
 
 # The released model (pretrained/README.md is its card): what predict.py runs when no --ckpt is given.
 RELEASED_MODEL = Path(__file__).resolve().parent / "pretrained" / "fer2013.pt"
@@ -76,22 +76,22 @@ def collect_sources(inputs: Sequence[str], camera: int | None, out_dir: Path) ->
             found = [p for p in sorted(path.rglob("*"))
                      if p.is_file() and _kind(p) and out_dir not in p.resolve().parents]
             if not found:
-                raise data.UserError(f"no images or videos in folder {item} "
-                                     f"(looked for {', '.join(data.IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)})")
+                raise utils.UserError(f"no images or videos in folder {item} "
+                                      f"(looked for {', '.join(data.IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)})")
             top = path.resolve().name or "input"
             sources += [Source(_kind(p), str(p), str(p), str(Path(top, p.relative_to(path)))) for p in found]
         elif path.is_file():
             kind = _kind(path)
             if kind is None:
-                raise data.UserError(f"{item}: not an image or video file (known extensions: "
-                                     f"{', '.join(data.IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)})")
+                raise utils.UserError(f"{item}: not an image or video file (known extensions: "
+                                      f"{', '.join(data.IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)})")
             sources.append(Source(kind, str(path), item, path.name))
         else:
-            raise data.UserError(f"input not found: {item}")
+            raise utils.UserError(f"input not found: {item}")
     if camera is not None:
         sources.append(Source("camera", str(camera), f"camera:{camera}", f"camera{camera}"))
     if not sources:
-        raise data.UserError("nothing to do: give image / video files or folders, or --camera N")
+        raise utils.UserError("nothing to do: give image / video files or folders, or --camera N")
     return sources
 
 
@@ -101,7 +101,7 @@ def image_size(path: str) -> tuple[int, int]:
         with Image.open(path) as im:
             return im.size
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise data.UserError(f"cannot read image {path}: {err}") from None
+        raise utils.UserError(f"cannot read image {path}: {err}") from None
 
 
 def check_video(cv2: Any, path: str) -> None:
@@ -110,7 +110,7 @@ def check_video(cv2: Any, path: str) -> None:
     opened = capture.isOpened()
     capture.release()
     if not opened:
-        raise data.UserError(f"cannot open video {path} (not a video, damaged, or a codec OpenCV lacks)")
+        raise utils.UserError(f"cannot open video {path} (not a video, damaged, or a codec OpenCV lacks)")
 
 
 def read_rgb(path: str, max_side: int) -> tuple[np.ndarray, float]:
@@ -122,7 +122,7 @@ def read_rgb(path: str, max_side: int) -> tuple[np.ndarray, float]:
             im.draft("RGB", (max_side, max_side))  # no-op for formats other than JPEG
             rgb = np.asarray(im.convert("RGB"))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise data.UserError(f"cannot read image {path}: {err}") from None
+        raise utils.UserError(f"cannot read image {path}: {err}") from None
     return rgb, full_w / rgb.shape[1]
 
 
@@ -130,7 +130,7 @@ def read_rgb(path: str, max_side: int) -> tuple[np.ndarray, float]:
 # Detection, crops, tracking
 # ---------------------------------------------------------------------------------------------------------------------
 
-def expand_box(box: Box, margin: float, width: int, height: int) -> Box:
+def expand_box(box: detectors.Box, margin: float, width: int, height: int) -> detectors.Box:
     """The box grown by `margin` of its size on each side, clamped to the image."""
     x, y, w, h = box
     left, top = max(0, round(x - margin * w)), max(0, round(y - margin * h))
@@ -143,7 +143,7 @@ class Track:
     """One face followed over frames: id, last box, smoothed probabilities, last frame it was seen."""
 
     id: int
-    box: Box
+    box: detectors.Box
     probs: np.ndarray
     last_seen: int
 
@@ -163,16 +163,16 @@ class FaceTracker:
     tracks: list[Track] = field(default_factory=list)
     next_id: int = 0
 
-    def _score(self, track: Track, box: Box) -> float:
+    def _score(self, track: Track, box: detectors.Box) -> float:
         """IoU if the boxes overlap enough, a token score for a near centre, else 0 (no match)."""
-        overlap = iou(track.box, box)
+        overlap = detectors.iou(track.box, box)
         if overlap >= self.min_iou:
             return overlap
         (tx, ty, tw, th), (x, y, w, h) = track.box, box
         distance = np.hypot(tx + tw / 2 - x - w / 2, ty + th / 2 - y - h / 2)
         return 1e-3 if distance < 0.5 * max(tw, th, w, h) else 0.0
 
-    def update(self, frame: int, boxes: Sequence[Box], probs: np.ndarray) -> list[Track]:
+    def update(self, frame: int, boxes: Sequence[detectors.Box], probs: np.ndarray) -> list[Track]:
         """Assign this frame's faces (boxes, probs [N, C]) to tracks; returns their tracks in the order of boxes."""
         self.tracks = [t for t in self.tracks if frame - t.last_seen <= self.max_missed]
         pairs = sorted(((self._score(t, b), ti, bi) for ti, t in enumerate(self.tracks) for bi, b in enumerate(boxes)),
@@ -296,14 +296,14 @@ def csv_columns(classes: Sequence[str]) -> list[str]:
         [f"prob_{c}" for c in classes]
 
 
-def csv_row(name: str, frame: int, track: int | str, box: Box, probs: np.ndarray,
+def csv_row(name: str, frame: int, track: int | str, box: detectors.Box, probs: np.ndarray,
             classes: Sequence[str]) -> list[Any]:
     """One predictions.csv row."""
     label = int(np.argmax(probs))
     return [name, frame, track, *box, label, classes[label]] + [f"{p:.6f}" for p in probs]
 
 
-def draw_faces(image: Image.Image, faces: Sequence[tuple[Box, str]]) -> Image.Image:
+def draw_faces(image: Image.Image, faces: Sequence[tuple[detectors.Box, str]]) -> Image.Image:
     """The image with a box and a caption drawn for each face."""
     image = image.convert("RGB")
     draw = ImageDraw.Draw(image)
@@ -346,12 +346,12 @@ class OutputNames:
 # ---------------------------------------------------------------------------------------------------------------------
 
 def predict_images(sources: Sequence[Source], model: torch.nn.Module, device: torch.device, img_size: int,
-                   grayscale: bool, classes: Sequence[str], args: argparse.Namespace, detector: FaceDetector | None,
-                   names: OutputNames | None) -> list[list[Any]]:
+                   grayscale: bool, classes: Sequence[str], args: argparse.Namespace,
+                   detector: detectors.FaceDetector | None, names: OutputNames | None) -> list[list[Any]]:
     """CSV rows for image sources; faces read through data.FaceDataset and models.predict_logits (as evaluate.py)."""
     samples: list[data.Sample] = []
-    faces: list[tuple[int, Box]] = []  # per sample: its source and the box reported for it
-    meter = data.Progress(len(sources), "detecting faces") if detector is not None else None
+    faces: list[tuple[int, detectors.Box]] = []  # per sample: its source and the box reported for it
+    meter = utils.Progress(len(sources), "detecting faces") if detector is not None else None
     for i, src in enumerate(sources):
         width, height = image_size(src.path)
         if detector is None:
@@ -376,7 +376,7 @@ def predict_images(sources: Sequence[Source], model: torch.nn.Module, device: to
         probs = torch.softmax(logits, dim=1).double().numpy()
     rows = [csv_row(sources[i].name, 0, "", box, p, classes) for (i, box), p in zip(faces, probs)]
     if names is not None:
-        drawn: dict[int, list[tuple[Box, str]]] = {}
+        drawn: dict[int, list[tuple[detectors.Box, str]]] = {}
         for (i, box), p in zip(faces, probs):
             drawn.setdefault(i, []).append((box, caption(p, classes)))
         for i, src in enumerate(sources):
@@ -384,14 +384,14 @@ def predict_images(sources: Sequence[Source], model: torch.nn.Module, device: to
     return rows
 
 
-def _save_annotated(src: Source, faces: list[tuple[Box, str]], names: OutputNames) -> None:
+def _save_annotated(src: Source, faces: list[tuple[detectors.Box, str]], names: OutputNames) -> None:
     """Write OUT/annotated/<name> with the faces drawn (JPEG stays JPEG, anything else becomes PNG)."""
     suffix = Path(src.path).suffix.lower()
     jpeg = suffix in (".jpg", ".jpeg")
     path = names(src.rel, suffix if jpeg else ".png")
     with Image.open(src.path) as im:
         annotated = draw_faces(im, faces)
-    with data.atomic_write(path, "wb") as f:
+    with utils.atomic_write(path, "wb") as f:
         annotated.save(f, format="JPEG" if jpeg else "PNG", quality=95)
 
 
@@ -423,24 +423,24 @@ class VideoStats:
                 f"{self.frames / wall:.1f} FPS end to end; {detect}{model}{warm}")
 
 
-def predict_video(src: Source, cv2: Any, classifier: FaceClassifier, detector: FaceDetector,
+def predict_video(src: Source, cv2: Any, classifier: FaceClassifier, detector: detectors.FaceDetector,
                   transform: Callable[[Image.Image], torch.Tensor], classes: Sequence[str],
                   args: argparse.Namespace, names: OutputNames | None) -> tuple[list[list[Any]], VideoStats]:
     """CSV rows for every analysed frame and face of a video file or camera, and its timing stats."""
     camera = src.kind == "camera"
     capture = cv2.VideoCapture(int(src.path) if camera else src.path)
     if not capture.isOpened():
-        raise data.UserError(f"cannot open {'camera ' + src.path if camera else 'video ' + src.path}")
+        raise utils.UserError(f"cannot open {'camera ' + src.path if camera else 'video ' + src.path}")
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if not camera else 0
     if args.max_frames:
         total = min(total, args.max_frames) if total > 0 else 0
     fps_in = capture.get(cv2.CAP_PROP_FPS) or 30.0
     tracker = FaceTracker(alpha=args.smooth, max_missed=10 * args.every)
     stats, rows, writer, tmp_path, out_path = VideoStats(), [], None, None, None
-    meter = data.Progress(total, src.name) if total > 0 else None
+    meter = utils.Progress(total, src.name) if total > 0 else None
     start = last_print = time.perf_counter()
     warm_before, model_before, calls_before = classifier.warmup_s, classifier.model_s, classifier.model_calls
-    shown: list[tuple[Box, str]] = []
+    shown: list[tuple[detectors.Box, str]] = []
     try:
         while not args.max_frames or stats.frames < args.max_frames:
             ok, frame = capture.read()
@@ -459,7 +459,7 @@ def predict_video(src: Source, cv2: Any, classifier: FaceClassifier, detector: F
                     writer = cv2.VideoWriter(str(tmp_path), cv2.VideoWriter_fourcc(*"mp4v"), fps_in,
                                              (frame.shape[1], frame.shape[0]))
                     if not writer.isOpened():
-                        raise data.UserError(f"cannot write video {tmp_path} (mp4v codec missing from OpenCV?)")
+                        raise utils.UserError(f"cannot write video {tmp_path} (mp4v codec missing from OpenCV?)")
                 annotated = draw_faces(Image.fromarray(frame[:, :, ::-1]), shown)
                 writer.write(np.ascontiguousarray(np.asarray(annotated)[:, :, ::-1]))
             if meter is not None:
@@ -477,8 +477,8 @@ def predict_video(src: Source, cv2: Any, classifier: FaceClassifier, detector: F
         if writer is not None:
             writer.release()
     if stats.frames == 0:
-        raise data.UserError(f"cannot read {'camera ' + src.path if camera else 'video ' + src.path}: "
-                             "no frame could be decoded")
+        raise utils.UserError(f"cannot read {'camera ' + src.path if camera else 'video ' + src.path}: "
+                              "no frame could be decoded")
     if writer is not None:
         os.replace(tmp_path, out_path)  # the video only appears under its name once complete
     stats.seconds = time.perf_counter() - start
@@ -495,9 +495,9 @@ def _discard(path: Path | None) -> None:
 
 
 def _analyse_frame(name: str, index: int, frame: np.ndarray, classifier: FaceClassifier,
-                   detector: FaceDetector, transform: Callable[[Image.Image], torch.Tensor], tracker: FaceTracker,
-                   classes: Sequence[str], margin: float, rows: list[list[Any]],
-                   stats: VideoStats) -> list[tuple[Box, str]]:
+                   detector: detectors.FaceDetector, transform: Callable[[Image.Image], torch.Tensor],
+                   tracker: FaceTracker, classes: Sequence[str], margin: float, rows: list[list[Any]],
+                   stats: VideoStats) -> list[tuple[detectors.Box, str]]:
     """Detect, classify (one batch), track and smooth the faces of one BGR frame; appends rows, returns captions."""
     height, width = frame.shape[:2]
     start = time.perf_counter()
@@ -575,7 +575,7 @@ def _check_args(args: argparse.Namespace) -> None:
                             ("--margin", args.margin, 0.0 <= args.margin <= 1.0),
                             ("--min-face", args.min_face, args.min_face >= 1)):
         if not ok:
-            raise data.UserError(f"{flag} {value}: out of range (see --help)")
+            raise utils.UserError(f"{flag} {value}: out of range (see --help)")
 
 
 def main(args: argparse.Namespace) -> None:
@@ -592,14 +592,14 @@ def main(args: argparse.Namespace) -> None:
     # OpenCV is checked before the model loads, so a missing install costs the user no waiting.
     cv2 = None
     if videos:
-        cv2 = import_cv2("--camera" if videos[0].kind == "camera" else f"video input {videos[0].name}")
+        cv2 = detectors.import_cv2("--camera" if videos[0].kind == "camera" else f"video input {videos[0].name}")
     if args.detect:
-        cv2 = import_cv2("--detect")
+        cv2 = detectors.import_cv2("--detect")
     detector = detectors.build(args.detector, cv2, min_face=args.min_face) if cv2 is not None else None
     onnx = Path(ckpt).suffix.lower() == ".onnx"
     if onnx and args.fast == "on":
-        raise data.UserError("--fast on: the compiled path is for .pt checkpoints; an .onnx model runs through "
-                             "ONNX Runtime (drop --fast)")
+        raise utils.UserError("--fast on: the compiled path is for .pt checkpoints; an .onnx model runs through "
+                              "ONNX Runtime (drop --fast)")
     # Unreadable inputs fail before the model loads, not halfway through the work.
     for src in images:
         image_size(src.path)
@@ -608,7 +608,7 @@ def main(args: argparse.Namespace) -> None:
             check_video(cv2, src.path)
 
     device = models.resolve_device(args.device)
-    model, meta = models.load_model(ckpt, device)
+    model, meta = onnx_model.load_any(ckpt, device)
     arch = meta["arch"]
     img_size = models.arch_img_size(arch)
     classes = list(models.arch_classes(arch))
@@ -632,10 +632,7 @@ def main(args: argparse.Namespace) -> None:
             print(stats.summary(src.name), flush=True)
 
     csv_path = out_dir / "predictions.csv"
-    with data.atomic_write(csv_path, "w") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(csv_columns(classes))
-        writer.writerows(rows)
+    utils.write_csv(csv_path, csv_columns(classes), rows)
     print(f"wrote {csv_path} ({len(rows)} rows)" + (f" and annotated copies in {names.root}" if names else ""),
           flush=True)
 
@@ -644,5 +641,5 @@ if __name__ == "__main__":
     args = get_args_parser().parse_args()
     try:
         main(args)
-    except data.UserError as err:
+    except utils.UserError as err:
         sys.exit(f"error: {err}")

@@ -11,7 +11,6 @@ not run yet shows as "-", so the summary can be made at any time.
 """
 import argparse
 import csv
-import io
 import json
 import os
 import re
@@ -19,11 +18,10 @@ import sys
 
 import numpy as np
 
-import data
 import metrics
-from metrics import THESIS_PER_CLASS_F1, THESIS_RESCUE, THESIS_RUNS
+import utils
 
-RUN_IDS = tuple(THESIS_RUNS)
+RUN_IDS = tuple(metrics.THESIS_RUNS)
 CNN_IDS = ("baseline_resnet50_ce_run1", "convnext_tiny_baseline_ce_run1", "convnext_tiny_baseline_focal_alpha_run1")
 HYBRID_IDS = tuple(i for i in RUN_IDS if i not in CNN_IDS)
 BEST_CNN, BEST_HYBRID = "best CNN-only", "best hybrid"  # stand-ins resolved to our best runs
@@ -52,7 +50,7 @@ def read_json(path: str):
         with open(path) as f:
             return json.load(f)
     except (OSError, json.JSONDecodeError) as err:
-        raise data.UserError(f"{path}: cannot read JSON ({err})") from None
+        raise utils.UserError(f"{path}: cannot read JSON ({err})") from None
 
 
 def num(value, digits: int = 4) -> str:
@@ -170,7 +168,7 @@ def run_row(run_id: str, runs: dict, bench: dict, stats: dict | None = None, per
     """
     summary = runs.get(run_id) or {}
     eager, fast = bench.get((run_id, "eager"), {}), bench.get((run_id, "fast"), {})
-    desc, t_acc, t_f1, t_params, t_lat, t_fps = THESIS_RUNS[run_id]
+    desc, t_acc, t_f1, t_params, t_lat, t_fps = metrics.THESIS_RUNS[run_id]
     params = summary.get("params") or eager.get("params")
     row = {
         "experiment": run_id, "model": desc,
@@ -247,7 +245,7 @@ def rescue_table(configurations: list, rescue: dict, rescue_stats: dict) -> str:
         return "_Not run yet (ensemble_tta.py --table)._"
     body = []
     for name, _ in configurations:
-        thesis, stats = THESIS_RESCUE.get(name, (None, None)), rescue_stats.get(name)
+        thesis, stats = metrics.THESIS_RESCUE.get(name, (None, None)), rescue_stats.get(name)
         cells = []
         for key in ("accuracy", "macro_f1"):
             values = [float(rows[name][key]) for rows in rescue.values() if name in rows]
@@ -267,12 +265,12 @@ def per_class_table(runs: dict, stats: dict) -> tuple[str, list[list]]:
     beside the thesis's."""
     best_cnn, best_hybrid = best_of(CNN_IDS, runs), best_of(HYBRID_IDS, runs)
     best = [b for b in (best_cnn, best_hybrid) if b]
-    classes = list(runs[best[0]]["per_class"]) if best else list(data.AFFECTNET8)
+    classes = list(runs[best[0]]["per_class"]) if best else list(utils.AFFECTNET8)
     rows, body = [], []
     for name in classes:
         ours = [runs[b]["per_class"].get(name, {}).get("f1") if b else None for b in (best_cnn, best_hybrid)]
-        k = data.AFFECTNET8.index(name) if name in data.AFFECTNET8 else None
-        thesis = [None if k is None else THESIS_PER_CLASS_F1[kind][k] for kind in ("cnn", "hybrid")]
+        k = utils.AFFECTNET8.index(name) if name in utils.AFFECTNET8 else None
+        thesis = [None if k is None else metrics.THESIS_PER_CLASS_F1[kind][k] for kind in ("cnn", "hybrid")]
         rows.append([name, ours[0], thesis[0], ours[1], thesis[1]])
         cells = [stat_cell(stats[b]["f1"][name]) if b and stats.get(b) and name in stats[b]["f1"] else num(v)
                  for b, v in zip((best_cnn, best_hybrid), ours)]
@@ -284,10 +282,9 @@ def per_class_table(runs: dict, stats: dict) -> tuple[str, list[list]]:
 
 def thesis_diff(a: str, b: str) -> tuple[float | None, float | None]:
     """The thesis's own A - B in accuracy and macro-F1 (runs or rescue configurations), None where it has none."""
-    if a in THESIS_RUNS and b in THESIS_RUNS:
-        return THESIS_RUNS[a][1] - THESIS_RUNS[b][1], THESIS_RUNS[a][2] - THESIS_RUNS[b][2]
-    if a in THESIS_RESCUE and b in THESIS_RESCUE:
-        return THESIS_RESCUE[a][0] - THESIS_RESCUE[b][0], THESIS_RESCUE[a][1] - THESIS_RESCUE[b][1]
+    for table, acc, f1 in ((metrics.THESIS_RUNS, 1, 2), (metrics.THESIS_RESCUE, 0, 1)):  # the columns of each
+        if a in table and b in table:
+            return table[a][acc] - table[b][acc], table[a][f1] - table[b][f1]
     return None, None
 
 
@@ -339,15 +336,6 @@ def seeds_table(rows: list[dict], seeds: list[str]) -> str:
     return md_table(header, body)
 
 
-def csv_text(header: list[str], rows: list[list]) -> str:
-    """CSV content as a string."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", default="results", help="the folder experiments.sh wrote to")
@@ -356,7 +344,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> None:
     if not os.path.isdir(args.results):
-        raise data.UserError(f"--results {args.results}: no such folder")
+        raise utils.UserError(f"--results {args.results}: no such folder")
     trees = seed_trees(args.results)
     seeds = [s for s in trees if s]
     per_seed, bench, rescue, configurations = load_results(args.results, trees)
@@ -407,20 +395,19 @@ def main(args: argparse.Namespace) -> None:
     sections += ["## Training curves", inline(curves, "Loss, validation accuracy and macro-F1 per epoch; the "
                                                      "dashed line marks the epoch kept as best.pt"),
                  "## Confusion matrices", "\n".join(f"- [{p}]({p})" for p in pngs) or "_None yet._"]
-    with data.atomic_write(os.path.join(args.results, "summary.md")) as f:
+    with utils.atomic_write(os.path.join(args.results, "summary.md")) as f:
         f.write("\n\n".join(sections) + "\n")
     fields = list(rows[RUN_IDS[0]])
-    with data.atomic_write(os.path.join(args.results, "summary_runs.csv")) as f:
-        f.write(csv_text(fields, [[rows[i][k] for k in fields] for i in RUN_IDS]))
-    with data.atomic_write(os.path.join(args.results, "summary_per_class_f1.csv")) as f:
-        f.write(csv_text(["class", "best_cnn_f1", "thesis_cnn_f1", "best_hybrid_f1", "thesis_hybrid_f1"],
-                         per_class_rows))
-    with data.atomic_write(os.path.join(args.results, "summary_comparisons.csv")) as f:
-        keys = ("n", "seeds", "macro_f1_diff", "macro_f1_diff_ci95", "macro_f1_p", "accuracy_diff",
-                "accuracy_diff_ci95", "accuracy_p", "mcnemar_p_per_seed")
-        f.write(csv_text(["comparison", "a", "b", "thesis_macro_f1_diff", "thesis_accuracy_diff", *keys, "verdict"],
-                         [[c["comparison"], c["a"], c["b"], c["thesis_macro_f1_diff"], c["thesis_accuracy_diff"],
-                           *(_csv_value((c["test"] or {}).get(k)) for k in keys), c["verdict"]] for c in comparisons]))
+    utils.write_csv(os.path.join(args.results, "summary_runs.csv"), fields,
+                    [[rows[i][k] for k in fields] for i in RUN_IDS])
+    utils.write_csv(os.path.join(args.results, "summary_per_class_f1.csv"),
+                    ["class", "best_cnn_f1", "thesis_cnn_f1", "best_hybrid_f1", "thesis_hybrid_f1"], per_class_rows)
+    keys = ("n", "seeds", "macro_f1_diff", "macro_f1_diff_ci95", "macro_f1_p", "accuracy_diff", "accuracy_diff_ci95",
+            "accuracy_p", "mcnemar_p_per_seed")
+    utils.write_csv(os.path.join(args.results, "summary_comparisons.csv"),
+                    ["comparison", "a", "b", "thesis_macro_f1_diff", "thesis_accuracy_diff", *keys, "verdict"],
+                    [[c["comparison"], c["a"], c["b"], c["thesis_macro_f1_diff"], c["thesis_accuracy_diff"],
+                      *(_csv_value((c["test"] or {}).get(k)) for k in keys), c["verdict"]] for c in comparisons])
     print(f"wrote {os.path.join(args.results, 'summary.md')} ({finished} of 7 experiments finished"
           f"{f' on each of the {len(seeds)} seeds' if seeds else ''})")
 
@@ -465,5 +452,5 @@ if __name__ == "__main__":
     args = get_args_parser().parse_args()
     try:
         main(args)
-    except data.UserError as err:
+    except utils.UserError as err:
         sys.exit(f"error: {err}")

@@ -26,7 +26,6 @@ import argparse
 import contextlib
 import csv
 import itertools
-import json
 import math
 import os
 import platform
@@ -53,6 +52,7 @@ import losses
 import metrics
 import models
 import plots
+import utils
 
 try:
     import fcntl  # POSIX: the run-folder lock
@@ -74,8 +74,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument("--train-csv", required=True, help="training index CSV (path,label[,face box])")
     g.add_argument("--val-csv", required=True, help="validation index CSV")
-    g.add_argument("--data-root", default=None, help="folder relative image paths start from (default: each CSV's)")
-    g.add_argument("--img-size", type=data.int_at_least(1), default=224, help="input side in pixels (default: 224)")
+    g.add_argument("--data-root", help="folder relative image paths start from (default: each CSV's folder)")
+    g.add_argument("--img-size", type=utils.int_at_least(1), default=utils.DEFAULT_IMG_SIZE,
+                   help=f"input side in pixels (default: {utils.DEFAULT_IMG_SIZE})")
     g.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                    help="data-loading processes per training process (default: min(8, CPUs))")
     g.add_argument("--hflip", type=probability, default=0.5,
@@ -97,7 +98,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "with replacement, same number of draws (beyond the thesis)")
     g = p.add_argument_group("model and loss")
     g.add_argument("--model", required=True, choices=models.MODEL_NAMES)
-    g.add_argument("--blocks", type=data.int_at_least(1), default=1,
+    g.add_argument("--blocks", type=utils.int_at_least(1), default=1,
                    help="Transformer blocks of the hybrid (default: 1)")
     g.add_argument("--weights", default="imagenet", help="imagenet | none (random init) | PATH (backbone state dict)")
     g.add_argument("--loss", choices=("ce", "focal"), default="ce", help="cross-entropy or focal loss (default: ce)")
@@ -106,9 +107,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="focal class weights: auto (1/sqrt(class frequency) of the training CSV, mean 1), "
                         "none, or one comma-separated number per class (default: none)")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=data.int_at_least(1), default=30,
+    g.add_argument("--epochs", type=utils.int_at_least(1), default=30,
                    help="maximum epochs; early stopping usually ends sooner (default: 30, the thesis gives none)")
-    g.add_argument("--batch-size", type=data.int_at_least(1), default=128,
+    g.add_argument("--batch-size", type=utils.int_at_least(1), default=128,
                    help="global batch: under torchrun each of N processes gets batch-size / N (default: 128)")
     g.add_argument("--lr", type=float, default=1e-4, help="AdamW peak learning rate (default: 1e-4)")
     g.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default: 1e-4)")
@@ -120,7 +121,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--ema-decay", type=float, default=0.9998,
                    help="EMA decay per step (default: 0.9998, an averaging horizon of ~5k steps ~ 2 AffectNet "
                         "epochs at batch 128)")
-    g.add_argument("--patience", type=data.int_at_least(1), default=4,
+    g.add_argument("--patience", type=utils.int_at_least(1), default=4,
                    help="stop after this many epochs without a better macro-F1 (default: 4)")
     g.add_argument("--seed", type=int, default=42)
     g = p.add_argument_group("speed")
@@ -228,25 +229,21 @@ def resolve_alpha(args: argparse.Namespace, counts: list[int], classes: tuple[st
     if args.alpha == "none":
         return None
     if args.loss != "focal":
-        raise data.UserError("--alpha weights the focal loss only; add --loss focal or drop --alpha")
+        raise utils.UserError("--alpha weights the focal loss only; add --loss focal or drop --alpha")
     if args.alpha != "auto":
         if len(args.alpha) != len(classes):
-            raise data.UserError(f"--alpha: {len(args.alpha)} numbers for {len(classes)} classes "
-                                 f"({', '.join(classes)})")
+            raise utils.UserError(f"--alpha: {len(args.alpha)} numbers for {len(classes)} classes "
+                                  f"({', '.join(classes)})")
         return list(args.alpha)
-    missing = [name for name, count in zip(classes, counts) if count == 0]
-    if missing:
-        raise data.UserError(f"--alpha auto: {args.train_csv} has no '{missing[0]}' images, so its weight "
-                             f"1/sqrt(frequency) is undefined (give --alpha as {len(classes)} numbers)")
-    return losses.class_alpha(counts)
+    return data.focal_alpha(counts, classes, args.train_csv)
 
 
-def read_classes(args: argparse.Namespace) -> tuple[str, ...]:
+def run_classes(args: argparse.Namespace) -> tuple[str, ...]:
     """The run's classes: the training CSV's; the validation CSV must declare the same ones."""
     classes, val_classes = data.read_classes(args.train_csv), data.read_classes(args.val_csv)
     if val_classes != classes:
-        raise data.UserError(f"--val-csv {args.val_csv} has classes {', '.join(val_classes)} but --train-csv "
-                             f"{args.train_csv} has {', '.join(classes)} (see their {data.CLASSES_FILE})")
+        raise utils.UserError(f"--val-csv {args.val_csv} has classes {', '.join(val_classes)} but --train-csv "
+                              f"{args.train_csv} has {', '.join(classes)} (see their {data.CLASSES_FILE})")
     return classes
 
 
@@ -274,15 +271,15 @@ class RunInputs:
 
 
 def read_inputs(args: argparse.Namespace, world: int) -> RunInputs:
-    """Read and check the index CSVs and the flags that depend on them; any problem is a data.UserError."""
+    """Read and check the index CSVs and the flags that depend on them; any problem is a utils.UserError."""
     # Inputs first: a missing file stops the run in seconds, before any model is built.
-    classes = read_classes(args)
+    classes = run_classes(args)
     train_samples = data.read_index(args.train_csv, args.data_root, check_files=True)
     val_samples = data.read_index(args.val_csv, args.data_root, check_files=True)
     counts = data.class_counts(train_samples, len(classes))
     alpha = resolve_alpha(args, counts, classes)
     if args.batch_size % world:
-        raise data.UserError(f"--batch-size {args.batch_size} does not split evenly over {world} processes")
+        raise utils.UserError(f"--batch-size {args.batch_size} does not split evenly over {world} processes")
     experiment = args.experiment or default_experiment(args)
     recipe = {key: getattr(args, key) for key in RECIPE_KEYS} | {
         "alpha": alpha, "train_images": len(train_samples), "classes": list(classes)}
@@ -305,15 +302,15 @@ def lock_run_folder(out: Path) -> IO | None:
     try:
         file = open(path, "a+", encoding="utf-8")
     except OSError as err:
-        raise data.write_error(path, err) from None
+        raise utils.write_error(path, err) from None
     try:
         fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         file.seek(0)
         holder = file.read().strip() or "another process"
         file.close()
-        raise data.UserError(f"{out} is in use by another training run ({holder}); wait for it to end, or pick "
-                             "another --out") from None
+        raise utils.UserError(f"{out} is in use by another training run ({holder}); wait for it to end, or pick "
+                              "another --out") from None
     file.seek(0)
     file.truncate()
     file.write(f"pid {os.getpid()} on {platform.node()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
@@ -326,7 +323,7 @@ def claim_run_folder(out: Path, cleanup: contextlib.ExitStack) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise data.write_error(out, err) from None
+        raise utils.write_error(out, err) from None
     lock = lock_run_folder(out)
     if lock is not None:
         cleanup.callback(lock.close)  # released on every way out of main, errors included
@@ -351,8 +348,8 @@ def check_resume(out: Path, resume: bool, recipe: dict) -> dict | None:
     path, previous = out / "last.pt", out / "last.prev.pt"
     if not resume:
         if path.exists() or previous.exists():
-            raise data.UserError(f"{out} already holds a run ({path}); add --resume to continue it, "
-                                 "or pick another --out")
+            raise utils.UserError(f"{out} already holds a run ({path}); add --resume to continue it, "
+                                  "or pick another --out")
         return None
     try:
         if not path.exists():
@@ -362,19 +359,19 @@ def check_resume(out: Path, resume: bool, recipe: dict) -> dict | None:
         earlier = _readable(previous)
         if earlier is None:
             if not path.exists():
-                raise data.UserError(f"--resume: {path} not found (no checkpoint to resume; drop --resume to "
-                                     "start)") from None
+                raise utils.UserError(f"--resume: {path} not found (no checkpoint to resume; drop --resume to "
+                                      "start)") from None
             raise
-        raise data.UserError(f"{err}; the previous checkpoint {previous} ({position_text(earlier['train_state'])}) "
-                             f"is intact: resume from it with `mv {previous} {path}` and the same command") from None
+        raise utils.UserError(f"{err}; the previous checkpoint {previous} ({position_text(earlier['train_state'])}) "
+                              f"is intact: resume from it with `mv {previous} {path}` and the same command") from None
     state = checkpoint.get("train_state")
     if not isinstance(state, dict) or "recipe" not in state:
         raise models.CheckpointError(f"{path}: no training state to resume from (a best.pt-style checkpoint?)")
     trained = RECIPE_ADDED | state["recipe"]
     changed = [f"{key} {trained.get(key)!r} -> {value!r}" for key, value in recipe.items() if trained.get(key) != value]
     if changed:
-        raise data.UserError(f"--resume: {path} was trained with other settings ({'; '.join(changed)}); "
-                             "pass its original flags, or pick another --out for a new run")
+        raise utils.UserError(f"--resume: {path} was trained with other settings ({'; '.join(changed)}); "
+                              "pass its original flags, or pick another --out for a new run")
     return checkpoint
 
 
@@ -437,8 +434,8 @@ class Loaders:
                                               seed=args.seed)
         self.steps = len(self.sampler) // self.batch  # full batches only
         if self.steps == 0:
-            raise data.UserError(f"{args.train_csv}: {len(inputs.train_samples)} images give no full batch of "
-                                 f"{args.batch_size}; lower --batch-size")
+            raise utils.UserError(f"{args.train_csv}: {len(inputs.train_samples)} images give no full batch of "
+                                  f"{args.batch_size}; lower --batch-size")
         val_set = data.FaceDataset(inputs.val_samples, args.img_size, grayscale=args.grayscale)
         self.val_size = len(val_set)  # evaluate gathers the shards back into the whole set
         # DDP validation shards: rank r predicts images r, r + world, ... (no padding, no duplicates).
@@ -563,7 +560,7 @@ def restore(training: Training, checkpoint: dict | None) -> tuple[dict, EpochPro
 
 # --- Stopping and checkpoint positions ---
 
-class NonFiniteLoss(data.UserError):
+class NonFiniteLoss(utils.UserError):
     """The loss became NaN or infinite: the run stops before anything of it reaches a checkpoint."""
 
 
@@ -826,14 +823,14 @@ def make_log(path: Path | None) -> Callable[..., None]:
 
     log(line, echo=False) writes the file only (for errors, which also go to stderr). No path: a no-op,
     so only rank 0 speaks. The log is appended line by line, not written atomically: a crash costs
-    at most the line being written; a failed write (disk full) is a data.WriteError.
+    at most the line being written; a failed write (disk full) is a utils.WriteError.
     """
     if path is None:
         return lambda line, echo=True: None
     try:
         file = open(path, "a", encoding="utf-8")
     except OSError as err:
-        raise data.write_error(path, err) from None
+        raise utils.write_error(path, err) from None
 
     def log(line: str, echo: bool = True) -> None:
         if echo:
@@ -842,15 +839,8 @@ def make_log(path: Path | None) -> Callable[..., None]:
             file.write(line + "\n")
             file.flush()
         except OSError as err:
-            raise data.write_error(path, err) from None
+            raise utils.write_error(path, err) from None
     return log
-
-
-def write_json(path: Path, obj: dict) -> None:
-    """Atomic, indented JSON."""
-    with data.atomic_write(path) as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
 
 
 class RunOutputs:
@@ -868,7 +858,7 @@ class RunOutputs:
         if not self.writes:
             return
         cfg, device = self.cfg, self.cfg.device
-        write_json(self.out / "config.json", {
+        utils.write_json(self.out / "config.json", {
             # The resolved run id and amp setting, as config.json has always listed them among the arguments.
             "args": vars(args) | {"experiment": self.experiment, "amp_on": cfg.amp_on, "out": str(self.out)},
             "alpha": self.inputs.alpha, "experiment": self.experiment, "argv": sys.argv, "torch": torch.__version__,
@@ -896,14 +886,14 @@ class RunOutputs:
         epoch, samples = self.run["epoch"], self.inputs.val_samples
         models.save_checkpoint(self.out / "best.pt", self.training.eval_model, self.inputs.arch, self.experiment,
                                metrics=val | {"epoch": epoch})
-        metrics.write_report(self.out, val, list(self.inputs.classes), title=f"{self.experiment}, epoch {epoch}",
-                             predictions=([s.path for s in samples], [s.label for s in samples],
+        plots.write_report(self.out, val, list(self.inputs.classes), title=f"{self.experiment}, epoch {epoch}",
+                           predictions=([s.path for s in samples], [s.label for s in samples],
                                           logits.argmax(dim=1).tolist(), torch.softmax(logits, dim=1).numpy()))
 
     def write_history(self) -> None:
         """history.csv, one row per epoch, rewritten whole (atomically)."""
         rows = self.run["history"]
-        with data.atomic_write(self.out / "history.csv") as f:
+        with utils.atomic_write(self.out / "history.csv") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
             writer.writeheader()
             writer.writerows(rows)
@@ -929,7 +919,7 @@ class RunOutputs:
     def write_summary(self) -> None:
         """summary.json: the best epoch's metrics and how the run went."""
         run, best, cfg = self.run, self.run["best"], self.cfg
-        write_json(self.out / "summary.json", {
+        utils.write_json(self.out / "summary.json", {
             "experiment": self.experiment, "model": self.inputs.arch["name"], "blocks": self.inputs.arch["blocks"],
             "best_epoch": best["epoch"], "accuracy": best["accuracy"], "macro_f1": best["macro_f1"],
             "val_loss": best["val_loss"], "per_class": best["per_class"], "params": self.params,
@@ -1032,8 +1022,8 @@ if __name__ == "__main__":
     args = get_args_parser().parse_args()
     try:
         main(args)
-    except data.WriteError as err:
+    except utils.WriteError as err:
         sys.exit(f"error: {err}. Fix that (free space, lift a file-size limit, fix permissions), then resume with: "
                  f"{resume_command(int(os.environ.get('WORLD_SIZE', '1')), True)}")
-    except data.UserError as err:
+    except utils.UserError as err:
         sys.exit(f"error: {err}")

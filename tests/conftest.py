@@ -22,7 +22,7 @@ def demo_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     import demo
 
     out = tmp_path_factory.mktemp("demo")
-    train_csv, val_csv = demo.make_demo(out, seed=0, min_train_per_class=3, val_per_class=4, image_size=64)
+    train_csv, val_csv = demo.make_demo(out, seed=0, min_train_per_class=3, val_per_class=4, img_size=64)
     return Path(train_csv), Path(val_csv)
 
 

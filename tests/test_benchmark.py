@@ -13,9 +13,9 @@ import torchvision
 from torch import nn
 
 import benchmark
-import data
 import models
 import onnx_model
+import utils
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -160,7 +160,7 @@ def thesis_ckpt(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("bench") / "best.pt"
     torch.manual_seed(0)
     model = models.build_model("resnet50", weights="none")
-    arch = {"name": "resnet50", "blocks": 1, "num_classes": 8, "img_size": 32, "classes": list(data.AFFECTNET8)}
+    arch = {"name": "resnet50", "blocks": 1, "num_classes": 8, "img_size": 32, "classes": list(utils.AFFECTNET8)}
     models.save_checkpoint(path, model, arch, "baseline_resnet50_ce_run1",
                            metrics={"accuracy": 0.6125, "macro_f1": 0.5875, "epoch": 3})
     return str(path)
@@ -225,6 +225,6 @@ def test_onnx_flags_are_checked_before_any_timing(tmp_path, thesis_ckpt):
         cases.append((["--ckpt", thesis_ckpt, "--mode", "onnx", "--onnx", str(other)],
                       f"--onnx {other}: a convnext_tiny (1 block(s)) at 32 px, not the resnet50 (1 block(s)) at 32 px"))
     for argv, message in cases:
-        with pytest.raises(data.UserError, match=re.escape(message)):
+        with pytest.raises(utils.UserError, match=re.escape(message)):
             run_main(tmp_path, *argv)
     assert not (tmp_path / "benchmark.json").exists()

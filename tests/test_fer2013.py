@@ -14,6 +14,7 @@ import models
 import onnx_model
 import predict
 import train
+import utils
 from conftest import ROOT, call
 
 RELEASED = ROOT / "pretrained" / "fer2013.pt"
@@ -142,7 +143,7 @@ def test_resume_accepts_a_checkpoint_from_before_the_new_flags(tmp_path):
     models.save_checkpoint(tmp_path / "last.pt", model, {"name": "resnet50", "num_classes": 8}, "old",
                            train_state={"recipe": old})
     assert train.check_resume(tmp_path, True, recipe) is not None
-    with pytest.raises(data.UserError, match=r"erase 0.0 -> 0.25"):
+    with pytest.raises(utils.UserError, match=r"erase 0.0 -> 0.25"):
         train.check_resume(tmp_path, True, recipe | {"erase": 0.25})
 
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-import data
 import models
+import utils
 
-ARCH = {"img_size": 64, "classes": list(data.AFFECTNET8)}
+ARCH = {"img_size": 64, "classes": list(utils.AFFECTNET8)}
 # Table 7, exact counts behind the rounded millions.
 TABLE7 = {("resnet50", 1): (23_524_424, 23.524), ("convnext_tiny", 1): (27_826_280, 27.826),
           ("convnext_tiny_transformer", 1): (28_546_152, 28.546),
@@ -189,7 +189,7 @@ def test_unusable_files_give_one_line_errors(tmp_path):
         with pytest.raises(models.CheckpointError) as err:
             models.load_model(tmp_path / name)
         message = str(err.value)
-        assert isinstance(err.value, data.UserError)
+        assert isinstance(err.value, utils.UserError)
         assert expected in message and str(tmp_path / name) in message and "\n" not in message, message
 
 
@@ -279,14 +279,14 @@ def test_resolve_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert models.resolve_device("auto") == torch.device("cpu")
     assert models.resolve_device("cpu") == torch.device("cpu")
-    with pytest.raises(data.UserError, match="--device cuda: CUDA is not available"):
+    with pytest.raises(utils.UserError, match="--device cuda: CUDA is not available"):
         models.resolve_device("cuda")
-    with pytest.raises(data.UserError, match="not a device name"):
+    with pytest.raises(utils.UserError, match="not a device name"):
         models.resolve_device("gpu0")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert models.resolve_device("auto") == torch.device("cuda")
-    with pytest.raises(data.UserError, match="--device cuda:1: only 1 CUDA device"):
+    with pytest.raises(utils.UserError, match="--device cuda:1: only 1 CUDA device"):
         models.resolve_device("cuda:1")
 
 

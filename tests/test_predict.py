@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-import data
 import evaluate
 import models
 import predict
+import utils
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTALL = "needs OpenCV: pip install -r requirements-video.txt"
@@ -28,7 +28,7 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     model = models.build_model("convnext_tiny", weights="none")
     path = tmp_path_factory.mktemp("ckpt") / "best.pt"
-    arch = {"name": "convnext_tiny", "blocks": 1, "num_classes": 8, "img_size": 64, "classes": list(data.AFFECTNET8)}
+    arch = {"name": "convnext_tiny", "blocks": 1, "num_classes": 8, "img_size": 64, "classes": list(utils.AFFECTNET8)}
     models.save_checkpoint(path, model, arch, "predict_test")
     return path
 
@@ -50,7 +50,7 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def probs_of(row: dict) -> np.ndarray:
-    return np.array([float(row[f"prob_{c}"]) for c in data.AFFECTNET8])
+    return np.array([float(row[f"prob_{c}"]) for c in utils.AFFECTNET8])
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
@@ -113,9 +113,9 @@ def test_crops_match_evaluate(demo_data, ckpt, tmp_path, tta):
         want = expected[row["file"]]
         probs = probs_of(row)
         assert probs.sum() == pytest.approx(1.0, abs=1e-4)
-        np.testing.assert_allclose(probs, [float(want[f"prob_{c}"]) for c in data.AFFECTNET8], atol=2e-6)
+        np.testing.assert_allclose(probs, [float(want[f"prob_{c}"]) for c in utils.AFFECTNET8], atol=2e-6)
         assert int(row["label"]) == int(want["pred"]) == int(np.argmax(probs))
-        assert row["name"] == data.AFFECTNET8[int(row["label"])]
+        assert row["name"] == utils.AFFECTNET8[int(row["label"])]
         assert (row["frame"], row["face_x"], row["face_y"], row["face_w"], row["face_h"]) == ("0", "0", "0", "64", "64")
 
 
@@ -167,7 +167,7 @@ def test_video_and_detect_rows(ckpt, tmp_path):
         assert [r["track"] for r in faces] == ["0", "1"]
     for row in rows:
         assert probs_of(row).sum() == pytest.approx(1.0, abs=1e-4)
-        assert row["name"] == data.AFFECTNET8[int(row["label"])] and int(row["label"]) == np.argmax(probs_of(row))
+        assert row["name"] == utils.AFFECTNET8[int(row["label"])] and int(row["label"]) == np.argmax(probs_of(row))
     assert len(photo) == 2 and all(contains(r, cx, cy) for r, (cx, cy, _) in zip(
         sorted(photo, key=lambda r: int(r["face_x"])), FACES))
 
@@ -205,7 +205,7 @@ def test_bad_inputs_give_one_line_errors(ckpt, tmp_path):
         bad_video.write_bytes(b"\x00" * 100)
         cases.append(((bad_video, "--ckpt", ckpt), "cannot open video .*broken.mp4"))
     for args, message in cases:
-        with pytest.raises(data.UserError, match=message) as err:
+        with pytest.raises(utils.UserError, match=message) as err:
             predict_main(*args, "--out", out, "--workers", 0)
         assert "\n" not in str(err.value)
     assert not out.exists()
@@ -225,5 +225,5 @@ def test_without_opencv_crops_work_and_detection_says_what_to_install(demo_data,
     video.write_bytes(b"")
     for args, message in (((video,), f"video input {video} {INSTALL}"),
                           ((image, "--camera", 0), f"--camera {INSTALL}")):
-        with pytest.raises(data.UserError, match=re.escape(message)):
+        with pytest.raises(utils.UserError, match=re.escape(message)):
             predict_main(*args, "--ckpt", ckpt)

@@ -14,6 +14,7 @@ import ensemble_tta
 import evaluate
 import metrics
 import models
+import utils
 from conftest import ROOT
 
 # Thesis Table 9 (best CNN-only model, 3,999 balanced validation images): precision, recall, support per class.
@@ -59,11 +60,11 @@ def test_interval_contains_the_point_value_and_narrows_as_the_set_grows():
     widths = []
     for n in (200, 800, 3200):
         labels, preds = noisy(n, 0.6, seed=n)
-        m = metrics.compute_metrics(labels, preds, data.AFFECTNET8)
+        m = metrics.compute_metrics(labels, preds, utils.AFFECTNET8)
         ci = m["ci95"]
         for key in ("accuracy", "macro_f1"):
             assert ci[key][0] < m[key] < ci[key][1], (n, key)
-        for name in data.AFFECTNET8:
+        for name in utils.AFFECTNET8:
             lo, hi = ci["per_class_f1"][name]
             assert lo < m["per_class"][name]["f1"] < hi, (n, name)
         widths.append([ci[k][1] - ci[k][0] for k in ("accuracy", "macro_f1")])
@@ -72,7 +73,7 @@ def test_interval_contains_the_point_value_and_narrows_as_the_set_grows():
     # 4x the images, about half the width (the standard error goes as 1 / sqrt(n)).
     assert np.all((widths[1:] / widths[:-1] > 0.35) & (widths[1:] / widths[:-1] < 0.65))
     # Fixed seed: the same file gets the same interval every time.
-    assert metrics.compute_metrics(labels, preds, data.AFFECTNET8)["ci95"] == ci
+    assert metrics.compute_metrics(labels, preds, utils.AFFECTNET8)["ci95"] == ci
 
 
 def test_bootstrap_resamples_images_and_scores_like_compute_metrics():
@@ -88,10 +89,10 @@ def test_bootstrap_resamples_images_and_scores_like_compute_metrics():
     assert not np.all(counts[0] == counts[0, :1])  # and the resamples differ
 
     (result,) = metrics.bootstrap(labels, [preds], 8)
-    reference = metrics.compute_metrics(labels, preds, data.AFFECTNET8)
+    reference = metrics.compute_metrics(labels, preds, utils.AFFECTNET8)
     assert result.point["accuracy"] == pytest.approx(reference["accuracy"], abs=1e-12)
     assert result.point["macro_f1"] == pytest.approx(reference["macro_f1"], abs=1e-12)
-    assert result.point["f1"] == pytest.approx([reference["per_class"][c]["f1"] for c in data.AFFECTNET8], abs=1e-12)
+    assert result.point["f1"] == pytest.approx([reference["per_class"][c]["f1"] for c in utils.AFFECTNET8], abs=1e-12)
     assert result.point["f1"][7] == 0
 
 
@@ -112,8 +113,8 @@ def test_table9_macro_f1_interval():
     cells = np.arange(64)
     labels, preds = np.repeat(cells // 8, matrix.ravel()), np.repeat(cells % 8, matrix.ravel())
 
-    m = metrics.compute_metrics(labels, preds, data.AFFECTNET8)
-    for name, (precision, recall, support) in zip(data.AFFECTNET8, TABLE9):
+    m = metrics.compute_metrics(labels, preds, utils.AFFECTNET8)
+    for name, (precision, recall, support) in zip(utils.AFFECTNET8, TABLE9):
         got = m["per_class"][name]
         assert (round(got["precision"], 4), round(got["recall"], 4), got["support"]) == (precision, recall, support)
     assert round(m["macro_f1"], 4) == 0.5772 and round(m["accuracy"], 4) == 0.5829  # the thesis's Table 3 values
@@ -184,7 +185,7 @@ def test_mismatched_images_or_labels_are_refused_in_one_line(tmp_path):
     twice = write_predictions(tmp_path / "twice.csv", labels, preds, order=[*range(20), 3])
     for files, message in (((a, c), "disagree on the label of 1 image(s) (first: img_5.png"),
                            ((twice, a), "twice.csv line 22: image img_3.png already listed on line 5")):
-        with pytest.raises(data.UserError) as err:
+        with pytest.raises(utils.UserError) as err:
             metrics.align_predictions([str(f) for f in files])
         assert message in str(err.value) and "\n" not in str(err.value)
 
@@ -226,12 +227,12 @@ def test_logit_adjustment_removes_the_training_prior():
     adjusted = metrics.compute_metrics(labels.tolist(), val.average(tau=1.0).argmax(1).tolist(), list("abcd"))
     assert adjusted["macro_f1"] > plain + 0.1
 
-    with pytest.raises(data.UserError, match="old.pt: the checkpoint records no training class counts"):
+    with pytest.raises(utils.UserError, match="old.pt: the checkpoint records no training class counts"):
         evaluate.log_prior({"classes": list("abcd")}, "old.pt")
-    with pytest.raises(data.UserError, match="z.pt: no training images of class c"):
+    with pytest.raises(utils.UserError, match="z.pt: no training images of class c"):
         evaluate.log_prior({"classes": list("abcd"), "class_counts": [3, 1, 0, 2]}, "z.pt")
     # A balanced sampler already showed the model a uniform prior: subtracting the data's would over-correct.
-    with pytest.raises(data.UserError, match="b.pt: trained with --sampler balanced"):
+    with pytest.raises(utils.UserError, match="b.pt: trained with --sampler balanced"):
         evaluate.log_prior({"classes": list("abcd"), "class_counts": counts, "sampler": "balanced"}, "b.pt")
 
 
@@ -239,7 +240,7 @@ def test_logit_adjustment_removes_the_training_prior():
 def ckpts(tmp_path_factory) -> dict[str, Path]:
     """Random-weight 64 px ResNet50 checkpoints with (A, B) and without (old) recorded training class counts."""
     out = tmp_path_factory.mktemp("ckpt")
-    arch = {"name": "resnet50", "blocks": 1, "num_classes": 8, "img_size": 64, "classes": list(data.AFFECTNET8)}
+    arch = {"name": "resnet50", "blocks": 1, "num_classes": 8, "img_size": 64, "classes": list(utils.AFFECTNET8)}
     paths = {}
     for name, seed, counts in (("A", 0, list(data.TABLE2_COUNTS)), ("B", 1, [10] * 8), ("old", 0, None)):
         torch.manual_seed(seed)
@@ -289,7 +290,7 @@ def test_logit_adjust_needs_recorded_counts(ckpts, demo_data, tmp_path):
                    ["--predictions", str(write_predictions(tmp_path / "p.csv", labels, preds))]):
         args = evaluate.get_args_parser().parse_args([*source, "--device", "cpu", "--logit-adjust", "1",
                                                       "--out", str(tmp_path / "out")])
-        with pytest.raises(data.UserError) as err:
+        with pytest.raises(utils.UserError) as err:
             evaluate.main(args)
         message = str(err.value)
         assert ("old.pt: the checkpoint records no training class counts" in message if "--ckpt" in source

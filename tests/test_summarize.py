@@ -6,12 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import data
 import metrics
 import summarize
+import utils
 
 N = 400
-LABELS = np.arange(N) % len(data.AFFECTNET8)
+LABELS = np.arange(N) % len(utils.AFFECTNET8)
 # Accuracy of each run's predictions: ConvNeXt focal far above CE (the thesis's direction), the 1-block hybrid's
 # focal far below its CE (reversed), run 2 = run 1 and run 3 = run 2 up to a handful of images (no evidence).
 ACCURACY = {"baseline_resnet50_ce_run1": 0.3, "convnext_tiny_baseline_ce_run1": 0.35,
@@ -22,7 +22,7 @@ ACCURACY = {"baseline_resnet50_ce_run1": 0.3, "convnext_tiny_baseline_ce_run1": 
 def predictions(accuracy: float, seed: int) -> np.ndarray:
     """Predictions right with probability `accuracy`, else another class."""
     rng = np.random.default_rng(seed)
-    wrong = (LABELS + rng.integers(1, len(data.AFFECTNET8), N)) % len(data.AFFECTNET8)
+    wrong = (LABELS + rng.integers(1, len(utils.AFFECTNET8), N)) % len(utils.AFFECTNET8)
     return np.where(rng.random(N) < accuracy, LABELS, wrong)
 
 
@@ -33,7 +33,7 @@ def write_run(folder: Path, preds: np.ndarray) -> None:
         writer = csv.writer(f)
         writer.writerow(["path", "label", "pred"])
         writer.writerows([f"val/{i}.png", int(y), int(p)] for i, (y, p) in enumerate(zip(LABELS, preds)))
-    m = metrics.compute_metrics(LABELS, preds, data.AFFECTNET8)
+    m = metrics.compute_metrics(LABELS, preds, utils.AFFECTNET8)
     (folder / "summary.json").write_text(json.dumps({"accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
                                                      "per_class": m["per_class"], "best_epoch": 3,
                                                      "params": 1_000_000}))
@@ -82,7 +82,7 @@ def test_one_seed_intervals_and_verdicts(tmp_path):
     assert "7 of 7 experiments finished" in summary
 
     # Table 3: each cell carries its interval, the same one metrics.json would hold.
-    ci = metrics.compute_metrics(LABELS, preds["baseline_resnet50_ce_run1"], data.AFFECTNET8)["ci95"]
+    ci = metrics.compute_metrics(LABELS, preds["baseline_resnet50_ce_run1"], utils.AFFECTNET8)["ci95"]
     acc = float(np.mean(preds["baseline_resnet50_ce_run1"] == LABELS))
     assert f"| {acc:.4f} {metrics.fmt_interval(ci['accuracy'])} (0.5326) |" in summary.split("## Table 4")[0]
     assert "±" not in summary.split("## Do the")[0]  # one seed: no spread
@@ -107,7 +107,7 @@ def test_one_seed_intervals_and_verdicts(tmp_path):
     # The table's numbers are evaluate.py --compare's on the same two files.
     row = rows["Hybrid 1 block: focal + alpha vs cross-entropy"]
     direct = metrics.compare(LABELS, preds["convnext_tiny_transformer_focal_alpha_run1"],
-                             preds["convnext_tiny_transformer_ce_run1"], len(data.AFFECTNET8))
+                             preds["convnext_tiny_transformer_ce_run1"], len(utils.AFFECTNET8))
     assert float(row["macro_f1_diff"]) == pytest.approx(direct["macro_f1_diff"])
     assert float(row["macro_f1_p"]) == pytest.approx(direct["macro_f1_p"])
     assert [float(v) for v in row["macro_f1_diff_ci95"].split(";")] == pytest.approx(direct["macro_f1_diff_ci95"],
@@ -145,7 +145,7 @@ def test_several_seeds_show_mean_std_and_per_seed_values(tmp_path):
     assert "0 of 7 experiments finished on each of the 3 seeds" in summary  # seed 44 has nothing yet
 
     run = "convnext_tiny_baseline_focal_alpha_run1"
-    f1 = [metrics.compute_metrics(LABELS, preds[s][run], data.AFFECTNET8)["macro_f1"] for s in (42, 43)]
+    f1 = [metrics.compute_metrics(LABELS, preds[s][run], utils.AFFECTNET8)["macro_f1"] for s in (42, 43)]
     mean, std = np.mean(f1), np.std(f1, ddof=1)
     table7 = summary.split("## Table 7")[1].split("## Table 8")[0]
     assert f"{mean:.4f} ± {std:.4f} [" in table7
@@ -156,8 +156,8 @@ def test_several_seeds_show_mean_std_and_per_seed_values(tmp_path):
     rows = comparisons(tmp_path)
     row = rows["ConvNeXt-Tiny: focal + alpha vs cross-entropy"]
     assert row["seeds"] == "2" and len(row["mcnemar_p_per_seed"].split(";")) == 2 and row["verdict"] == "holds"
-    diffs = [metrics.compute_metrics(LABELS, preds[s][run], data.AFFECTNET8)["macro_f1"]
-             - metrics.compute_metrics(LABELS, preds[s]["convnext_tiny_baseline_ce_run1"], data.AFFECTNET8)["macro_f1"]
+    diffs = [metrics.compute_metrics(LABELS, preds[s][run], utils.AFFECTNET8)["macro_f1"]
+             - metrics.compute_metrics(LABELS, preds[s]["convnext_tiny_baseline_ce_run1"], utils.AFFECTNET8)["macro_f1"]
              for s in (42, 43)]
     assert float(row["macro_f1_diff"]) == pytest.approx(np.mean(diffs))  # the seed-averaged difference
     with open(tmp_path / "summary_runs.csv", newline="") as f:
@@ -170,6 +170,6 @@ def test_mismatched_seed_files_are_refused(tmp_path):
     fill_tree(tmp_path / "seed43", 43)
     path = tmp_path / "seed43" / "baseline_resnet50_ce_run1" / "predictions.csv"
     path.write_text(path.read_text().replace("val/0.png", "val/other.png"))
-    with pytest.raises(data.UserError, match="do not hold the same images") as err:
+    with pytest.raises(utils.UserError, match="do not hold the same images") as err:
         run_summary(tmp_path)
     assert "\n" not in str(err.value)

@@ -26,6 +26,7 @@ import data
 import models
 import plots
 import train
+import utils
 
 ROOT = Path(__file__).resolve().parent.parent
 # Images kept per class from the demo set: 16 training images (2 steps of 8), 8 validation images.
@@ -34,7 +35,7 @@ RECIPE = ("--model", "resnet50", "--weights", "none", "--img-size", "64", "--bat
           "--epochs", "2", "--loss", "focal", "--alpha", "auto", "--ema", "--warmup-epochs", "1",
           "--clip-grad", "1.0", "--log-interval-s", "0")
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "val_loss", "val_accuracy", "val_macro_f1",
-                  *(f"f1_{name}" for name in data.AFFECTNET8)]
+                  *(f"f1_{name}" for name in utils.AFFECTNET8)]
 OUTPUTS = [".lock", "config.json", "history.csv", "curves.png", "train.log", "last.pt", "best.pt", "summary.json",
            "predictions.csv",
            "metrics.json", "per_class.csv", "confusion_matrix.csv", "confusion_matrix_normalized.csv",
@@ -219,8 +220,8 @@ def test_a_truncated_last_pt_names_the_previous_checkpoint_which_resumes(runs, s
     # epoch 1 as run a's), and a last.pt that a failing disk cut short.
     shutil.copy(runs.base / "nan" / "last.pt", out / "last.prev.pt")
     (out / "last.pt").write_bytes((reference / "last.pt").read_bytes()[:1_000_000])
-    with pytest.raises(data.UserError, match=r"last\.pt: truncated .*last\.prev\.pt \(epoch 1\) is intact: "
-                                             r"resume from it with `mv "):
+    with pytest.raises(utils.UserError, match=r"last\.pt: truncated .*last\.prev\.pt \(epoch 1\) is intact: "
+                                              r"resume from it with `mv "):
         train.main(train.get_args_parser().parse_args(command(small, out, "--resume")[1:]))
     (out / "last.prev.pt").replace(out / "last.pt")
     resumed = resume(small, out)
@@ -310,7 +311,7 @@ def test_predictions_csv_comes_from_the_best_checkpoint(runs, small):
         rows = list(csv.DictReader(f))
     assert [r["path"] for r in rows] == [s.path for s in samples]
     assert [int(r["pred"]) for r in rows] == logits.argmax(1).tolist()
-    probs = torch.tensor([[float(r[f"prob_{c}"]) for c in data.AFFECTNET8] for r in rows])
+    probs = torch.tensor([[float(r[f"prob_{c}"]) for c in utils.AFFECTNET8] for r in rows])
     torch.testing.assert_close(probs, logits.softmax(1), atol=2e-6, rtol=0)
 
 
@@ -336,7 +337,7 @@ def test_resume_of_a_finished_run_says_so(runs, small, capsys):
 def test_resume_refuses_other_settings_and_overwriting(runs, small, flags, message):
     assert_ok(runs.result("a"))
     args = train.get_args_parser().parse_args(command(small, runs.base / "a", *flags)[1:])
-    with pytest.raises(data.UserError, match=message.replace("(", r"\(")):
+    with pytest.raises(utils.UserError, match=message.replace("(", r"\(")):
         train.main(args)
 
 
@@ -386,18 +387,18 @@ def test_bad_input_stops_before_anything_is_built(small, tmp_path):
 
     def main(*flags: str) -> None:
         train.main(train.get_args_parser().parse_args(command(small, out, *flags)[1:]))
-    with pytest.raises(data.UserError, match="nope.csv"):
+    with pytest.raises(utils.UserError, match="nope.csv"):
         main("--train-csv", str(tmp_path / "nope.csv"))
     missing = tmp_path / "missing.csv"
     missing.write_text("path,label\nno/such/face.jpg,1\n")
-    with pytest.raises(data.UserError, match="face.jpg"):
+    with pytest.raises(utils.UserError, match="face.jpg"):
         main("--val-csv", str(missing))
     no_contempt = tmp_path / "no_contempt.csv"
     with open(small["train"]) as f:
         no_contempt.write_text("".join(line for line in f if not line.rstrip().endswith(",7")))
-    with pytest.raises(data.UserError, match="contempt"):
+    with pytest.raises(utils.UserError, match="contempt"):
         main("--train-csv", str(no_contempt))
-    with pytest.raises(data.UserError, match="--alpha weights the focal loss only"):
+    with pytest.raises(utils.UserError, match="--alpha weights the focal loss only"):
         main("--loss", "ce")
     assert not out.exists()  # all of it before the output folder is even made
 
