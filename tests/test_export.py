@@ -63,7 +63,7 @@ def test_round_trip_logits_argmax_and_metadata(tmp_path, name, blocks, classes):
     assert isinstance(exported, onnx_model.OnnxModel)
     assert meta["arch"] == {"name": name, "blocks": blocks, "num_classes": len(classes), "img_size": 32,
                             "classes": classes, "class_counts": list(range(5, 5 + len(classes))),
-                            "sampler": "shuffle"}  # what --logit-adjust reads
+                            "sampler": "shuffle", "grayscale": False}  # what --logit-adjust and the input read
     assert meta["experiment"] == f"{name}_{blocks}_export_test" and meta["metrics"] == {"accuracy": 0.25, "epoch": 3}
     assert (meta["mean"], meta["std"], meta["opset"]) == (list(data.IMAGENET_MEAN), list(data.IMAGENET_STD), 18)
     # A batch size the export's own check did not use: the batch axis is dynamic, the logits agree.
