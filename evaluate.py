@@ -151,7 +151,9 @@ def infer_checkpoints(ckpts: Sequence[str], val_csv: str, data_root: str | None 
     dev = models.resolve_device(device)
     loaded = [(path, *onnx_model.load_any(path, dev)) for path in ckpts]  # all first: a mismatch fails before inference
     first = loaded[0][2]["arch"]
-    model_classes, size, grayscale = models.arch_classes(first), models.arch_img_size(first), models.arch_grayscale(first)
+    model_classes, size = models.arch_classes(first), models.arch_img_size(first)
+    grayscale = models.arch_grayscale(first)
+    mode = lambda grey: "grayscale" if grey else "colour"
     for path, _, meta in loaded[1:]:
         other_classes, other_size = models.arch_classes(meta["arch"]), models.arch_img_size(meta["arch"])
         if other_classes != model_classes:
@@ -161,9 +163,8 @@ def infer_checkpoints(ckpts: Sequence[str], val_csv: str, data_root: str | None 
             raise utils.UserError(f"{path}: image size {other_size} px differs from {ckpts[0]}'s {size} px; "
                                   "ensembled checkpoints need the same image size")
         if models.arch_grayscale(meta["arch"]) != grayscale:
-            raise utils.UserError(f"{path}: trained on {'grayscale' if not grayscale else 'colour'} faces, "
-                                  f"{ckpts[0]} on {'grayscale' if grayscale else 'colour'}; ensembled checkpoints "
-                                  "need the same input")
+            raise utils.UserError(f"{path}: trained on {mode(not grayscale)} faces, {ckpts[0]} on {mode(grayscale)}; "
+                                  "ensembled checkpoints need the same input")
     # Before inference, so a checkpoint without counts fails in seconds.
     log_priors = torch.stack([log_prior(meta["arch"], path, classes) for path, _, meta in loaded]) if priors else None
     loader = data.make_loader(data.FaceDataset(samples, img_size=size, grayscale=grayscale), batch_size=batch_size,

@@ -82,7 +82,8 @@ def main(args: argparse.Namespace) -> None:
     exported = onnx_model.OnnxModel(blob).eval()
     check("random inputs (batches of 1, 3, 4)", onnx_model.verify(model, exported, img_size), args.out)
     if samples is not None:
-        loader = data.make_loader(data.FaceDataset(samples, img_size, grayscale=models.arch_grayscale(arch)), args.batch_size, args.workers)
+        dataset = data.FaceDataset(samples, img_size, grayscale=models.arch_grayscale(arch))
+        loader = data.make_loader(dataset, args.batch_size, args.workers)
         reference, _ = models.predict_logits(model, loader, "cpu")
         logits, _ = models.predict_logits(exported, loader, "cpu")
         check(f"{args.val_csv} (first {len(samples)} images)", onnx_model.compare(reference, logits), args.out)
