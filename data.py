@@ -3,7 +3,6 @@ and prepare work behind `python datasets.py` (which also holds the converters' a
 from __future__ import annotations
 
 import csv
-import functools
 import io
 import math
 import multiprocessing
@@ -22,14 +21,13 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 import losses
+import models
 from utils import AFFECTNET8, DEFAULT_IMG_SIZE, Progress, UserError, atomic_write, canonical_class, write_csv
 
 # An index CSV declares its class names in this file beside it, one per line in label order (label 0 first);
 # every converter writes it. Names are compared across datasets (an AffectNet-8 model scored on RAF-DB), so each
 # is stored in the canonical spelling (utils.CLASS_ALIASES).
 CLASSES_FILE = "classes.txt"
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 # AffectNet-8 training split class counts (thesis Table 2); the demo set and the alpha test use them.
 TABLE2_COUNTS: tuple[int, ...] = (74874, 134415, 25459, 14090, 6378, 3803, 24882, 3750)
 BOX_COLUMNS: tuple[str, ...] = ("face_x", "face_y", "face_width", "face_height")
@@ -284,31 +282,17 @@ def to_uint8_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
-@functools.lru_cache(maxsize=None)
-def _constant(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
-    """A small constant [1, C, 1, 1] on a device, made once: building it per batch would copy it to the GPU
-    each time, and that copy waits for all queued GPU work."""
-    return torch.tensor(values, device=device).view(1, -1, 1, 1)
-
-
 def face_tensor(image: Image.Image, size: int, grayscale: bool = False) -> torch.Tensor:
     """A face crop already in memory (a video frame's) as the loader gives one: resized to (size, size) as
     load_face resizes, uint8 [3, size, size]."""
     return to_uint8_tensor(to_model_mode(image, grayscale).resize((size, size), Image.Resampling.BILINEAR))
 
 
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """Images [B, 3, H, W] in 0-255 (uint8, or float) -> float32 with ImageNet normalisation, on their device."""
-    mean = _constant(tuple(255 * m for m in IMAGENET_MEAN), images.device)
-    std = _constant(tuple(255 * s for s in IMAGENET_STD), images.device)
-    return (images.float() - mean) / std
-
-
 class FaceDataset(Dataset):
     """Face crops from index samples as (uint8 tensor [3, S, S], label): workers only decode, crop and resize.
 
-    Flip, colour jitter and normalisation run on whole batches on the training device (BatchAugment, normalize),
-    where they cost a fraction of what they cost per image on a loader core.
+    Flip, colour jitter and normalisation run on whole batches on the training device (BatchAugment,
+    models.normalize), where they cost a fraction of what they cost per image on a loader core.
     """
 
     def __init__(self, samples: list[Sample], img_size: int = DEFAULT_IMG_SIZE, draft: bool = True,
@@ -357,7 +341,7 @@ def _hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
     the same function as the six-sector formula (within 1e-6), with no per-pixel gather, ~2x faster on a CPU.
     """
     h, s, v = hsv.unbind(dim=1)
-    n = _constant((5.0, 3.0, 1.0), hsv.device)
+    n = models.device_constant((5.0, 3.0, 1.0), hsv.device)
     k = (n + (h * 6.0).unsqueeze(1)).remainder(6.0)
     return v.unsqueeze(1) - (v * s).unsqueeze(1) * torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
 
@@ -436,12 +420,13 @@ class BatchAugment:
             hsv[:, 0] = (hsv[:, 0] + params.hue.view(-1, 1, 1)).remainder(1.0)
             x = _hsv_to_rgb(hsv)
         if params.erase is not None:
-            x = torch.where(_box_mask(params.erase, *x.shape[2:]), _constant(IMAGENET_MEAN, x.device), x)
+            mean = models.device_constant(models.IMAGENET_MEAN, x.device)
+            x = torch.where(_box_mask(params.erase, *x.shape[2:]), mean, x)
         return x
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """uint8 [B, 3, H, W] on the generator's device -> augmented, normalised float32."""
-        return normalize(self.apply(images, self.draw(images.shape[0], generator)).mul_(255))
+        return models.normalize(self.apply(images, self.draw(images.shape[0], generator)).mul_(255))
 
 
 def _box_mask(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -530,7 +515,7 @@ def _reference_transform(img_size: int) -> Callable[[Image.Image], torch.Tensor]
     a = Augment()
     return T.Compose([T.Resize((img_size, img_size)), T.RandomHorizontalFlip(a.hflip),
                       T.ColorJitter(a.brightness, a.contrast, a.saturation, a.hue), T.ToTensor(),
-                      T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+                      T.Normalize(models.IMAGENET_MEAN, models.IMAGENET_STD)])
 
 
 def _reference_image(sample: Sample) -> Image.Image:

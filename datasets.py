@@ -6,14 +6,13 @@ measure the loader (bench), write the synthetic demo set (demo.py).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import converters
 import data
 import demo
-from utils import AFFECTNET8, DEFAULT_IMG_SIZE, UserError, int_at_least, write_json
+from utils import AFFECTNET8, DEFAULT_IMG_SIZE, UserError, int_at_least, run_cli, write_json
 
 
 class Renamed(argparse.Action):
@@ -122,8 +121,4 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    args = get_args_parser().parse_args()
-    try:
-        main(args)
-    except UserError as err:
-        sys.exit(f"error: {err}")
+    run_cli(main, get_args_parser())

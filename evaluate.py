@@ -15,7 +15,6 @@ checkpoint): the post-hoc correction for scoring a model trained on imbalanced d
 import argparse
 import math
 import os
-import sys
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -43,21 +42,11 @@ def add_eval_args(parser: argparse.ArgumentParser, require_val: bool, require_ou
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
                         help="float16 autocast on CUDA (default: on)")
-    parser.add_argument("--logit-adjust", type=tau_value, default=0.0, metavar="TAU",
+    parser.add_argument("--logit-adjust", type=utils.float_in(0.0, math.inf, "a number >= 0"), default=0.0,
+                        metavar="TAU",
                         help="subtract TAU x log(training class frequency) from the logits (default: 0 = off; "
                              "1 is the textbook value); needs a checkpoint that records its training class counts")
     parser.add_argument("--out", required=require_out, help="folder for the report files")
-
-
-def tau_value(text: str) -> float:
-    """argparse type of --logit-adjust: a finite number >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
 
 
 def log_prior(arch: dict, path: str, classes: Sequence[str] | None = None) -> torch.Tensor:
@@ -254,8 +243,4 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    args = get_args_parser().parse_args()
-    try:
-        main(args)
-    except utils.UserError as err:
-        sys.exit(f"error: {err}")
+    utils.run_cli(main, get_args_parser())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import os
 import pickle
 import platform
@@ -23,11 +24,13 @@ import torch
 import torchvision
 from torch import nn
 
-import data
 import utils
 
 CHECKPOINT_FORMAT = "fer-checkpoint"
 CHECKPOINT_VERSION = 1
+# What every backbone's input is normalised with (ImageNet's statistics; recorded as arch["normalization"]).
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -471,11 +474,25 @@ def forward_views(forward: Callable[[torch.Tensor], torch.Tensor], images: torch
     return (logits[:n], logits[n:]) if hflip else (logits, None)
 
 
+@functools.lru_cache(maxsize=None)
+def device_constant(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """A small constant [1, C, 1, 1] on a device, made once: building it per batch would copy it to the GPU
+    each time, and that copy waits for all queued GPU work."""
+    return torch.tensor(values, device=device).view(1, -1, 1, 1)
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """Images [B, 3, H, W] in 0-255 (uint8, or float) -> float32 with ImageNet normalisation, on their device."""
+    mean = device_constant(tuple(255 * m for m in IMAGENET_MEAN), images.device)
+    std = device_constant(tuple(255 * s for s in IMAGENET_STD), images.device)
+    return (images.float() - mean) / std
+
+
 @torch.inference_mode()
 def predict_views(model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device | str,
                   amp: bool = False, hflip: bool = False, progress: str | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """Float32 CPU logits [N, C] of a loader's uint8 images (data.FaceDataset) and (hflip) of their mirrors (else
+    """Float32 CPU logits [N, C] of a loader's uint8 images and (hflip) of their mirrors (else
     None), and int64 labels [N]; the images are normalised on the device."""
     device = torch.device(device)
     was_training = model.training
@@ -484,7 +501,7 @@ def predict_views(model: nn.Module, loader: torch.utils.data.DataLoader, device:
     plain, mirrored, labels = [], [], []
     try:
         for images, targets in loader:
-            images = data.normalize(images.to(device, non_blocking=True))  # the loader hands over uint8
+            images = normalize(images.to(device, non_blocking=True))  # the loader hands over uint8
             with inference_autocast(device, amp):
                 logits, flipped = forward_views(model, images, hflip)
             plain.append(logits)

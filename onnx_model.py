@@ -20,7 +20,6 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-import data
 import models
 import utils
 
@@ -61,7 +60,7 @@ def metadata(arch: dict, experiment: str | None, metrics: dict | None, img_size:
         "classes": json.dumps(classes), "img_size": str(img_size), "grayscale": str(models.arch_grayscale(arch)),
         # For evaluate.py --logit-adjust: the training class counts and sampler, as the checkpoint has them.
         "class_counts": json.dumps(arch.get("class_counts")), "sampler": arch.get("sampler") or "",
-        "mean": json.dumps(list(data.IMAGENET_MEAN)), "std": json.dumps(list(data.IMAGENET_STD)),
+        "mean": json.dumps(list(models.IMAGENET_MEAN)), "std": json.dumps(list(models.IMAGENET_STD)),
         "input": f"{INPUT_NAME}: float32 [N, 3, {img_size}, {img_size}], RGB scaled to 0-1, then (x - mean) / std"
                  + ("; grayscale model: the face's luma (Pillow convert('L')) in all three channels"
                     if models.arch_grayscale(arch) else ""),

@@ -267,7 +267,7 @@ class FaceClassifier:
         built = len(self.compiled)
         self._sync()
         start = time.perf_counter()
-        images = data.normalize(crops.to(self.device, non_blocking=True))
+        images = models.normalize(crops.to(self.device, non_blocking=True))
         probs = torch.softmax(self.logits(images), dim=1).cpu().double().numpy()
         elapsed = time.perf_counter() - start
         if len(self.compiled) > built:  # this call compiled a new batch size: one-off, not steady state

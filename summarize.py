@@ -14,7 +14,6 @@ import csv
 import json
 import os
 import re
-import sys
 
 import numpy as np
 
@@ -449,8 +448,4 @@ def _csv_value(value) -> str:
 
 
 if __name__ == "__main__":
-    args = get_args_parser().parse_args()
-    try:
-        main(args)
-    except utils.UserError as err:
-        sys.exit(f"error: {err}")
+    utils.run_cli(main, get_args_parser())

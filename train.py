@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import itertools
 import math
 import os
@@ -37,7 +36,7 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import IO, Callable, Iterator, NoReturn
+from typing import Callable, Iterator, NoReturn
 
 import numpy as np
 import torch
@@ -153,38 +152,24 @@ def debug_signal(text: str) -> tuple[int, int, int]:
     return int(epoch), int(step), int(getattr(signal, name))
 
 
-def probability(text: str) -> float:
-    """argparse type: a number in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1], got {text!r}")
-    return value
+probability = utils.float_in(0.0, 1.0, "a probability in [0, 1]")
 
 
-def parse_jitter(text: str) -> list[float]:
-    """argparse type: brightness, contrast, saturation in [0, 1] and hue in [0, 0.5], comma-separated."""
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    if len(values) != 4 or not all(0 <= v <= 1 for v in values[:3]) or not 0 <= values[3] <= 0.5:
-        raise argparse.ArgumentTypeError(f"expected B,C,S,H with B, C, S in [0, 1] and H in [0, 0.5], got {text!r}")
-    return values
+def float_list(expected: str, highs: tuple[float, ...]) -> Callable[[str], list[float]]:
+    """argparse type: len(highs) comma-separated numbers, the i-th in [0, highs[i]]; `expected` names them."""
+    def parse(text: str) -> list[float]:
+        try:
+            values = [float(v) for v in text.split(",")]
+        except ValueError:
+            values = []
+        if len(values) != len(highs) or not all(0 <= v <= high for v, high in zip(values, highs)):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return values
+    return parse
 
 
-def parse_affine(text: str) -> list[float]:
-    """argparse type: rotation degrees in [0, 180], shift and zoom fractions in [0, 0.5], comma-separated."""
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    if len(values) != 3 or not 0 <= values[0] <= 180 or not all(0 <= v <= 0.5 for v in values[1:]):
-        raise argparse.ArgumentTypeError(f"expected DEG,SHIFT,SCALE with DEG in [0, 180] and SHIFT, SCALE in "
-                                         f"[0, 0.5], got {text!r}")
-    return values
+parse_jitter = float_list("B,C,S,H with B, C, S in [0, 1] and H in [0, 0.5]", (1, 1, 1, 0.5))
+parse_affine = float_list("DEG,SHIFT,SCALE with DEG in [0, 180] and SHIFT, SCALE in [0, 0.5]", (180, 0.5, 0.5))
 
 
 def augment_from(args: argparse.Namespace) -> data.Augment:
@@ -290,53 +275,34 @@ def read_inputs(args: argparse.Namespace, world: int) -> RunInputs:
                      val_samples, alpha, args.batch_size // world, recipe, arch)
 
 
-def lock_run_folder(out: Path) -> IO | None:
-    """Hold out/.lock for this process's lifetime; another live run on the folder is an error naming it.
+def claim_run_folder(out: Path, cleanup: contextlib.ExitStack) -> None:
+    """Make the run folder, hold out/.lock until main ends (another live run on the folder is an error naming it)
+    and drop the temp files of a run killed (-9) mid-write.
 
     flock, not a pid file: the kernel drops the lock when its process dies (kill -9, crash, reboot), so a lock
-    left behind is taken over without asking. None where flock does not exist (Windows): no locking there.
+    left behind is taken over without asking. Where flock does not exist (Windows) nothing is locked.
     """
-    if fcntl is None:
-        return None
     path = out / ".lock"
     try:
-        file = open(path, "a+", encoding="utf-8")
-    except OSError as err:
-        raise utils.write_error(path, err) from None
-    try:
-        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        file.seek(0)
-        holder = file.read().strip() or "another process"
-        file.close()
-        raise utils.UserError(f"{out} is in use by another training run ({holder}); wait for it to end, or pick "
-                              "another --out") from None
-    file.seek(0)
-    file.truncate()
-    file.write(f"pid {os.getpid()} on {platform.node()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-    file.flush()
-    return file
-
-
-def claim_run_folder(out: Path, cleanup: contextlib.ExitStack) -> None:
-    """Make the run folder and lock it until main ends; drop the temp files of a run killed (-9) mid-write."""
-    try:
         out.mkdir(parents=True, exist_ok=True)
+        file = open(path, "a+", encoding="utf-8") if fcntl is not None else None
     except OSError as err:
-        raise utils.write_error(out, err) from None
-    lock = lock_run_folder(out)
-    if lock is not None:
-        cleanup.callback(lock.close)  # released on every way out of main, errors included
+        raise utils.write_error(path if out.is_dir() else out, err) from None
+    if file is not None:
+        cleanup.callback(file.close)  # released on every way out of main, errors included
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            holder = file.read().strip() or "another process"
+            raise utils.UserError(f"{out} is in use by another training run ({holder}); wait for it to end, or pick "
+                                  "another --out") from None
+        file.seek(0)
+        file.truncate()
+        file.write(f"pid {os.getpid()} on {platform.node()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        file.flush()
     for stale in out.glob(".*.tmp"):
         stale.unlink()
-
-
-def _readable(path: Path) -> dict | None:
-    """The checkpoint at path, or None when it is absent or unreadable."""
-    try:
-        return models.load_checkpoint(path) if path.exists() else None
-    except models.CheckpointError:
-        return None
 
 
 def check_resume(out: Path, resume: bool, recipe: dict) -> dict | None:
@@ -356,11 +322,14 @@ def check_resume(out: Path, resume: bool, recipe: dict) -> dict | None:
             raise models.CheckpointError(f"--resume: {path} not found")
         checkpoint = models.load_checkpoint(path)
     except models.CheckpointError as err:
-        earlier = _readable(previous)
+        try:
+            earlier = models.load_checkpoint(previous) if previous.exists() else None
+        except models.CheckpointError:
+            earlier = None
+        if earlier is None and not path.exists():
+            raise utils.UserError(f"--resume: {path} not found (no checkpoint to resume; drop --resume to "
+                                  "start)") from None
         if earlier is None:
-            if not path.exists():
-                raise utils.UserError(f"--resume: {path} not found (no checkpoint to resume; drop --resume to "
-                                      "start)") from None
             raise
         raise utils.UserError(f"{err}; the previous checkpoint {previous} ({position_text(earlier['train_state'])}) "
                               f"is intact: resume from it with `mv {previous} {path}` and the same command") from None
@@ -485,17 +454,6 @@ class Training:
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 "ema": self.ema.state_dict() if self.ema is not None else None}
 
-    def load(self, checkpoint: dict) -> None:
-        """Restore the weights and state_dict() from a last.pt."""
-        state = checkpoint["train_state"]
-        self.model.load_state_dict(checkpoint["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if self.scaler is not None and state["scaler"] is not None:
-            self.scaler.load_state_dict(state["scaler"])
-        if self.ema is not None:
-            self.ema.load_state_dict(state["ema"])
-
     def wrap(self, compile_model: bool) -> None:
         """Set train_model: DDP when distributed, then torch.compile if asked (once the weights are restored)."""
         self.train_model = DistributedDataParallel(self.model) if dist.is_initialized() else self.model
@@ -552,7 +510,13 @@ def restore(training: Training, checkpoint: dict | None) -> tuple[dict, EpochPro
     if checkpoint is None:
         return run, None
     state = checkpoint["train_state"]
-    training.load(checkpoint)
+    training.model.load_state_dict(checkpoint["model"])
+    training.optimizer.load_state_dict(state["optimizer"])
+    training.scheduler.load_state_dict(state["scheduler"])
+    if training.scaler is not None and state["scaler"] is not None:
+        training.scaler.load_state_dict(state["scaler"])
+    if training.ema is not None:
+        training.ema.load_state_dict(state["ema"])
     run |= {key: state[key] for key in ("epoch", "best", "bad_epochs", "history")}
     set_rng_state(state["rng"])
     return run, EpochProgress(**state["partial"]) if state.get("partial") else None
@@ -893,10 +857,7 @@ class RunOutputs:
     def write_history(self) -> None:
         """history.csv, one row per epoch, rewritten whole (atomically)."""
         rows = self.run["history"]
-        with utils.atomic_write(self.out / "history.csv") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
+        utils.write_csv(self.out / "history.csv", list(rows[0]), [row.values() for row in rows])
 
     def write_epoch(self, val: dict, logits: torch.Tensor, improved: bool) -> None:
         """An epoch's files; best.pt before last.pt, so a crash between the two leaves a resumable pair."""
@@ -908,13 +869,9 @@ class RunOutputs:
         plots.save_png(self.out / "curves.png", plots.draw_curves(self.run["history"], self.run["best"]["epoch"],
                                                                   f"{self.experiment}: training curves"))
         self.save_last(None, val)
-        if self.run["finished"]:
-            self.finish()
+        if self.run["finished"]:  # nothing resumes a finished run, so last.prev.pt only costs disk
+            (self.out / "last.prev.pt").unlink(missing_ok=True)
         self.write_summary()
-
-    def finish(self) -> None:
-        """Drop last.prev.pt: nothing resumes a finished run, so its fallback only costs disk."""
-        (self.out / "last.prev.pt").unlink(missing_ok=True)
 
     def write_summary(self) -> None:
         """summary.json: the best epoch's metrics and how the run went."""

@@ -1,4 +1,4 @@
-"""The bottom layer, standard library only: user errors, atomic writes, progress lines, an argparse type, the
+"""The bottom layer, standard library only: user errors, atomic writes, progress lines, argparse types, the
 class-name table and the default image size."""
 from __future__ import annotations
 
@@ -6,12 +6,14 @@ import argparse
 import contextlib
 import csv
 import json
+import math
 import os
 import re
 import secrets
+import sys
 import time
 from pathlib import Path
-from typing import IO, Callable, Iterable, Iterator, Sequence
+from typing import IO, Any, Callable, Iterable, Iterator, Sequence
 
 # The thesis's input side in pixels: every default image size in the project is this one.
 DEFAULT_IMG_SIZE = 224
@@ -148,6 +150,19 @@ class Progress:
                   f"{elapsed:.0f}s elapsed, eta {eta:.0f}s", flush=True)
 
 
+def float_in(low: float, high: float, expected: str) -> Callable[[str], float]:
+    """argparse type: a finite number in [low, high]; `expected` describes it in the one-line error."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and low <= value <= high):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+    return parse
+
+
 def int_at_least(minimum: int) -> Callable[[str], int]:
     """argparse type: an integer >= minimum, so a bad flag gets argparse's own one-line error."""
     def parse(text: str) -> int:
@@ -159,3 +174,12 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
         return value
     return parse
+
+
+def run_cli(main: Callable[[argparse.Namespace], Any], parser: argparse.ArgumentParser) -> None:
+    """A script's entry point: main(parsed flags); a UserError ends the process with its one line and exit 1."""
+    args = parser.parse_args()
+    try:
+        main(args)
+    except UserError as err:
+        sys.exit(f"error: {err}")

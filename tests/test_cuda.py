@@ -58,8 +58,8 @@ def test_batch_augmentation_on_cuda_equals_the_cpu():
     augment = data.BatchAugment(data.Augment())
     images = torch.randint(0, 256, (32, 3, 96, 96), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     params = augment.draw(32, torch.Generator().manual_seed(1))
-    cpu = data.normalize(augment.apply(images, params).mul_(255))
-    gpu = data.normalize(augment.apply(images.cuda(), params.to("cuda")).mul_(255))
+    cpu = models.normalize(augment.apply(images, params).mul_(255))
+    gpu = models.normalize(augment.apply(images.cuda(), params.to("cuda")).mul_(255))
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-4, rtol=0)
     # And drawing on the GPU works from a CUDA generator, per step, without a host copy.
     generator = train.step_generator(42, 1, 1, 0, torch.device("cuda"))

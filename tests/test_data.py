@@ -15,6 +15,7 @@ from PIL import Image, ImageFile
 
 import data
 import demo
+import models
 import utils
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -349,8 +350,8 @@ def test_loader_images_are_uint8_crops_and_normalize_is_imagenets(demo_data):
     with Image.open(samples[5].file) as im:
         expected = np.asarray(im.convert("RGB").resize((48, 48), Image.Resampling.BILINEAR))
     assert np.abs(image.permute(1, 2, 0).numpy().astype(int) - expected).max() <= 1
-    normalized = data.normalize(image[None])[0].permute(1, 2, 0).numpy()
-    want = (expected / 255 - np.array(data.IMAGENET_MEAN)) / np.array(data.IMAGENET_STD)
+    normalized = models.normalize(image[None])[0].permute(1, 2, 0).numpy()
+    want = (expected / 255 - np.array(models.IMAGENET_MEAN)) / np.array(models.IMAGENET_STD)
     assert np.abs(normalized - want).max() < 0.03  # the <= 1 grey level above, in normalised units
 
 
@@ -394,9 +395,9 @@ def test_batch_augmentation_draws_per_image_and_flips_half():
 def test_zero_strength_augmentation_is_the_identity():
     images = random_batch(6)
     off = data.BatchAugment(data.Augment(hflip=0, brightness=0, contrast=0, saturation=0, hue=0))
-    assert torch.equal(off(images, torch.Generator().manual_seed(0)), data.normalize(images))
+    assert torch.equal(off(images, torch.Generator().manual_seed(0)), models.normalize(images))
     always = data.BatchAugment(data.Augment(hflip=1, brightness=0, contrast=0, saturation=0, hue=0))
-    assert torch.equal(always(images, torch.Generator().manual_seed(0)), data.normalize(images.flip(3)))
+    assert torch.equal(always(images, torch.Generator().manual_seed(0)), models.normalize(images.flip(3)))
 
 
 def test_face_box_is_cropped_and_clamped(tmp_path):

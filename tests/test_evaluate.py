@@ -184,7 +184,7 @@ def test_flip_tta_on_symmetric_images_equals_no_tta(checkpoints, small_val, tmp_
     plain, mirrored, _ = models.predict_views(model, faces, cpu, hflip=True)
     images = torch.cat([x for x, _ in faces])
     with torch.inference_mode():
-        assert torch.allclose(mirrored, model(data.normalize(images).flip(3)), rtol=1e-4, atol=1e-4)
+        assert torch.allclose(mirrored, model(models.normalize(images).flip(3)), rtol=1e-4, atol=1e-4)
     assert not torch.allclose(plain, mirrored, rtol=1e-3, atol=1e-3)
     assert model.training is False
 

@@ -10,7 +10,6 @@ import pytest
 import torch
 from PIL import Image
 
-import data
 import evaluate
 import export
 import models
@@ -65,7 +64,7 @@ def test_round_trip_logits_argmax_and_metadata(tmp_path, name, blocks, classes):
                             "classes": classes, "class_counts": list(range(5, 5 + len(classes))),
                             "sampler": "shuffle", "grayscale": False}  # what --logit-adjust and the input read
     assert meta["experiment"] == f"{name}_{blocks}_export_test" and meta["metrics"] == {"accuracy": 0.25, "epoch": 3}
-    assert (meta["mean"], meta["std"], meta["opset"]) == (list(data.IMAGENET_MEAN), list(data.IMAGENET_STD), 18)
+    assert (meta["mean"], meta["std"], meta["opset"]) == (list(models.IMAGENET_MEAN), list(models.IMAGENET_STD), 18)
     # A batch size the export's own check did not use: the batch axis is dynamic, the logits agree.
     x = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(7))
     with torch.inference_mode():

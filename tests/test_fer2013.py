@@ -126,7 +126,7 @@ def test_affine_shift_moves_the_image_by_whole_pixels_and_erasing_fills_the_box(
     erased = data.BatchAugment(data.Augment(hflip=0, brightness=0, contrast=0, saturation=0, hue=0, erase=1)).apply(
         images, data.AugmentParams(flip=params.flip, brightness=params.brightness, contrast=params.contrast,
                                    saturation=params.saturation, hue=params.hue, erase=box))
-    mean = torch.tensor(data.IMAGENET_MEAN).view(3, 1, 1)
+    mean = torch.tensor(models.IMAGENET_MEAN).view(3, 1, 1)
     torch.testing.assert_close(erased[0, :, 2:4, 4:8], mean.expand(3, 2, 4))
     inside = torch.zeros(8, 8, dtype=torch.bool)
     inside[2:4, 4:8] = True

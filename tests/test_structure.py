@@ -10,10 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FILES = {path.stem: path for path in sorted(ROOT.glob("*.py"))}
 TREES = {name: ast.parse(path.read_text(encoding="utf-8"), str(path)) for name, path in FILES.items()}
 # The modules a reader can lift into another project, and the project modules that must come with each.
-# models.py may also import data.py: predict_views scores a loader's uint8 batches normalised by data.normalize,
-# the one copy of the training input convention (a second copy could drift from what the model was trained on).
-LIFTABLE = {"utils": set(), "losses": {"utils"}, "plots": {"utils"}, "metrics": {"utils"},
-            "models": {"utils", "data"}}
+LIFTABLE = {"utils": set(), "losses": {"utils"}, "plots": {"utils"}, "metrics": {"utils"}, "models": {"utils"}}
 DYNAMIC = {"import_module", "__import__", "run_module", "run_path"}  # importlib / runpy: imports by name
 
 

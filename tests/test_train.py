@@ -4,6 +4,7 @@ Every training run of this file starts at once in the `runs` fixture, single-thr
 compute overlap on a 2-core machine; each test then waits for the run it checks. The runs use the
 thesis's run3 recipe (focal + alpha, EMA, warmup, clipping) on ResNet50, the most state to resume.
 """
+import contextlib
 import csv
 import json
 import os
@@ -233,17 +234,16 @@ def test_a_run_folder_in_use_is_refused_and_a_stale_lock_taken_over(small, tmp_p
     out = tmp_path / "run"
     out.mkdir()
     (out / ".lock").write_text("pid 999999 on gone, started 2026-01-01 00:00:00\n")  # its process is dead
-    held = train.lock_run_folder(out)  # taken over without asking
-    try:
+    with contextlib.ExitStack() as held:
+        train.claim_run_folder(out, held)  # taken over without asking
         assert (out / ".lock").read_text().startswith(f"pid {os.getpid()} ")
         second = subprocess.run([sys.executable, *command(small, out)], cwd=ROOT, text=True, capture_output=True,
                                 timeout=300)
         line = assert_one_line_error((second.returncode, second.stdout, second.stderr))
         assert f"is in use by another training run (pid {os.getpid()} on " in line
         assert sorted(p.name for p in out.iterdir()) == [".lock"]  # it wrote nothing
-    finally:
-        held.close()
-    train.lock_run_folder(out).close()  # free again once the holder let go
+    with contextlib.ExitStack() as again:
+        train.claim_run_folder(out, again)  # free again once the holder let go
 
 
 def test_a_second_signal_gets_the_default_action():
