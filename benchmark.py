@@ -3,17 +3,20 @@
     python benchmark.py --ckpt results/*/best.pt --out results/benchmark
     python benchmark.py --model convnext_tiny_transformer --blocks 2 --device cuda --out /tmp/bench
 
-Three modes, measured the same way on the same random input:
+Four modes, measured the same way on the same random input:
 - eager: the thesis protocol. Eval + inference mode, fp16 autocast on CUDA (--amp), 50 warm-up and
   200 timed forward passes; latency = synchronised wall-clock time of the timed passes / passes.
 - fast: models.make_fast (channels_last + torch.compile with frozen weights; fp16 autocast and CUDA graphs
   on the GPU).
 - onnx: ONNX Runtime (float32, as many intra-op threads as torch has) on the model exported as export.py
   exports it, in memory, or on the files given with --onnx (one per --ckpt). Needs requirements-onnx.txt.
-Each fast and onnx row carries the largest absolute logit difference to eager, whether the argmax agrees and
-its speed-up over eager. When several modes run (--mode both = eager,fast; all = eager,fast,onnx; or a list such
-as eager,onnx) their timed passes alternate in four chunks (each chunk in the reverse order of the one
-before), so all see the same machine.
+- int8: ONNX Runtime on the files export.py --int8 wrote and checked (--int8, one per --ckpt), or on the float32
+  model quantised in memory as export.py quantises it (onnx_model.quantize_int8) but calibrated on random
+  inputs: the same operators, so the same speed, but its logits are not the checked model's. CPU only.
+Each fast, onnx and int8 row carries the largest absolute logit difference to eager, whether the argmax agrees
+and its speed-up over eager; an int8 row also its speed-up over onnx when both ran. When several modes run
+(--mode both = eager,fast; all = eager,fast,onnx,int8; or a list such as onnx,int8) their timed passes
+alternate in four chunks (each chunk in the reverse order of the one before), so all see the same machine.
 Each row also has the forward pass's matmul + convolution GFLOPs per image and the GFLOP/s achieved, beside
 the device's rate on one large matmul.
 Writes benchmark.json (one row per experiment x mode x batch size), benchmark.csv, benchmark.md
@@ -29,6 +32,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from PIL import Image
@@ -43,16 +47,21 @@ import utils
 COLUMNS = ("experiment", "mode", "device", "device_name", "torch_version", "threads", "params", "params_m",
            "batch_size", "img_size", "amp", "warmup", "iters", "latency_ms", "p50_ms", "p90_ms", "p99_ms", "fps",
            "gflop_per_image", "gflop_per_s", "matmul_gflop_per_s", "matmul_dtype", "accuracy", "macro_f1",
-           "fast_variant", "compile_s", "onnx_runtime", "export_s", "max_abs_diff", "argmax_match", "speedup")
+           "fast_variant", "compile_s", "onnx_runtime", "export_s", "max_abs_diff", "argmax_match", "speedup",
+           "speedup_vs_onnx")
 # Several modes: their timed passes alternate in this many chunks. A shared machine's speed drifts within a
 # minute; alternating lets every mode see the same drift, so their ratios are fair.
 CHUNKS = 4
-MODES = ("eager", "fast", "onnx")
+MODES = ("eager", "fast", "onnx", "int8")
 MODE_SETS = {"both": ("eager", "fast"), "all": MODES}
+RUNTIME_MODES = ("onnx", "int8")  # the modes ONNX Runtime runs: their files are --onnx and --int8
+# Random normal batches the in-memory int8 model is calibrated on (onnx_model.random_inputs): enough draws that
+# every activation's range is that of the timed input's distribution.
+RANDOM_CALIBRATION = (8, 8, 8, 8)
 
 
 def mode_list(text: str) -> tuple[str, ...]:
-    """argparse type: eager, fast, onnx, both (eager,fast), all, or a comma-separated list of modes."""
+    """argparse type: eager, fast, onnx, int8, both (eager,fast), all, or a comma-separated list of modes."""
     if text in MODE_SETS:
         return MODE_SETS[text]
     modes = tuple(m.strip() for m in text.split(",") if m.strip())
@@ -94,11 +103,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                         help="eager mode: fp16 autocast (default: on for CUDA, off on CPU; on CPU it means bfloat16)")
     parser.add_argument("--mode", type=mode_list, default=MODE_SETS["both"], metavar="MODES",
-                        help="eager = the thesis protocol, fast = models.make_fast, onnx = ONNX Runtime; both = "
-                             "eager,fast; all = eager,fast,onnx; or a list such as eager,onnx (default: both)")
+                        help="eager = the thesis protocol, fast = models.make_fast, onnx = ONNX Runtime, int8 = "
+                             "ONNX Runtime on an int8 model (CPU); both = eager,fast; all = eager,fast,onnx,int8; "
+                             "or a list such as eager,onnx (default: both)")
     parser.add_argument("--onnx", nargs="+", metavar="ONNX", default=None,
                         help="onnx mode: models exported by export.py, one per --ckpt in the same order (default: "
                              "each model is exported in memory)")
+    parser.add_argument("--int8", nargs="+", metavar="ONNX", default=None,
+                        help="int8 mode: int8 models written by export.py --int8, one per --ckpt in the same order "
+                             "(default: each model is quantised in memory, calibrated on random inputs: right for "
+                             "timing, not for accuracy)")
     parser.add_argument("--seed", type=int, default=42, help="seed of the random input and of --model's weights")
     parser.add_argument("--out", required=True, help="output folder")
     return parser
@@ -112,15 +126,18 @@ def targets_from_args(args: argparse.Namespace) -> list[dict]:
             raise utils.UserError(f"--blocks applies to {', '.join(models.HYBRIDS)} only, not {args.model}")
         hybrid = args.model in models.HYBRIDS
         name = args.model + (f"_{blocks}block" + "s" * (blocks > 1) if hybrid else "")
-        if args.onnx is not None:
-            raise utils.UserError("--onnx goes with --ckpt (the checkpoints they were exported from)")
-        return [{"experiment": name, "ckpt": None, "name": args.model, "blocks": blocks, "onnx": None,
+        for mode in RUNTIME_MODES:
+            if getattr(args, mode) is not None:
+                raise utils.UserError(f"--{mode} goes with --ckpt (the checkpoints they were exported from)")
+        return [{"experiment": name, "ckpt": None, "name": args.model, "blocks": blocks, "onnx": None, "int8": None,
                  "num_classes": len(utils.AFFECTNET8),
                  "img_size": args.img_size or utils.DEFAULT_IMG_SIZE, "accuracy": None, "macro_f1": None}]
     if args.blocks is not None:
         raise utils.UserError("--blocks applies to --model only; a checkpoint records its own blocks")
-    if args.onnx is not None and len(args.onnx) != len(args.ckpt):
-        raise utils.UserError(f"--onnx: {len(args.onnx)} file(s) for {len(args.ckpt)} --ckpt file(s); give one each")
+    for mode in RUNTIME_MODES:
+        files = getattr(args, mode)
+        if files is not None and len(files) != len(args.ckpt):
+            raise utils.UserError(f"--{mode}: {len(files)} file(s) for {len(args.ckpt)} --ckpt file(s); give one each")
     targets = []
     # Every checkpoint is read once up front, so a bad seventh file fails before six models were timed.
     for i, path in enumerate(args.ckpt):
@@ -128,22 +145,29 @@ def targets_from_args(args: argparse.Namespace) -> list[dict]:
         arch, found = checkpoint["arch"], checkpoint.get("metrics") or {}
         targets.append({"experiment": checkpoint.get("experiment") or os.path.splitext(os.path.basename(path))[0],
                         "ckpt": path, "name": arch["name"], "blocks": int(arch.get("blocks", 1)),
-                        "onnx": args.onnx[i] if args.onnx else None, "num_classes": int(arch["num_classes"]),
+                        "onnx": args.onnx[i] if args.onnx else None, "int8": args.int8[i] if args.int8 else None,
+                        "num_classes": int(arch["num_classes"]),
                         "img_size": args.img_size or models.arch_img_size(arch),
                         "accuracy": found.get("accuracy"), "macro_f1": found.get("macro_f1")})
         del checkpoint
-        if args.onnx:
-            check_onnx_matches(args.onnx[i], targets[-1])
+        for mode in RUNTIME_MODES:
+            if targets[-1][mode] is not None:
+                check_onnx_matches(targets[-1][mode], targets[-1], mode)
     return targets
 
 
-def check_onnx_matches(path: str, target: dict) -> None:
-    """A one-line UserError unless an --onnx file was exported from the target's architecture at its size."""
-    arch = onnx_model.meta_of(onnx_model.OnnxModel(path), path)["arch"]
+def check_onnx_matches(path: str, target: dict, mode: str) -> None:
+    """A one-line UserError unless an --onnx / --int8 file was exported from the target's architecture at its size,
+    in the mode's precision (float32 for onnx, int8 for int8)."""
+    meta = onnx_model.meta_of(onnx_model.OnnxModel(path), path)
+    arch, precision = meta["arch"], "int8" if mode == "int8" else "float32"
     if (arch["name"], arch["blocks"], arch["img_size"]) != (target["name"], target["blocks"], target["img_size"]):
-        raise utils.UserError(f"--onnx {path}: a {arch['name']} ({arch['blocks']} block(s)) at {arch['img_size']} px, "
-                              f"not the {target['name']} ({target['blocks']} block(s)) at {target['img_size']} px of "
-                              f"{target['ckpt']}")
+        raise utils.UserError(f"--{mode} {path}: a {arch['name']} ({arch['blocks']} block(s)) at {arch['img_size']} "
+                              f"px, not the {target['name']} ({target['blocks']} block(s)) at {target['img_size']} px "
+                              f"of {target['ckpt']}")
+    if meta["precision"] != precision:
+        raise utils.UserError(f"--{mode} {path}: precision {meta['precision']}, --{mode} takes {precision} models"
+                              + (" (export.py --int8 writes them)" if mode == "int8" else ""))
 
 
 def build(target: dict, device: torch.device, seed: int) -> torch.nn.Module:
@@ -238,22 +262,41 @@ def time_forwards(forwards: dict[str, Callable], x: torch.Tensor, warmup: int, i
     return stats
 
 
-def onnx_forward(model: torch.nn.Module, target: dict, size: int, device: torch.device,
-                 tag: str) -> tuple[onnx_model.OnnxModel, float]:
-    """ONNX Runtime on the target's --onnx file, or on the model exported in memory as export.py exports it; and
-    the seconds that took."""
-    start = time.perf_counter()
+def float_blob(model: torch.nn.Module, target: dict, size: int, tag: str) -> bytes:
+    """The target's float32 ONNX model: its --onnx file, or the model exported in memory as export.py exports it."""
     if target["onnx"] is not None:
-        exported = onnx_model.OnnxModel(target["onnx"], device).eval()  # its metadata was checked at the start
-    else:
-        print(f"{tag}: exporting to ONNX", flush=True)
-        arch = {"name": target["name"], "blocks": target["blocks"], "num_classes": target["num_classes"]}
-        # The exporter traces a float32 CPU copy: the model itself may sit on a GPU.
-        cpu_model = copy.deepcopy(models.unwrap(model)).to("cpu").float().eval()
-        blob = onnx_model.export_bytes(cpu_model, arch, target["experiment"], None, size)
-        del cpu_model
-        exported = onnx_model.OnnxModel(blob, device).eval()
-    return exported, time.perf_counter() - start
+        return Path(target["onnx"]).read_bytes()
+    print(f"{tag}: exporting to ONNX", flush=True)
+    arch = {"name": target["name"], "blocks": target["blocks"], "num_classes": target["num_classes"]}
+    # The exporter traces a float32 CPU copy: the model itself may sit on a GPU.
+    cpu_model = copy.deepcopy(models.unwrap(model)).to("cpu").float().eval()
+    return onnx_model.export_bytes(cpu_model, arch, target["experiment"], None, size)
+
+
+def runtime_forwards(model: torch.nn.Module, target: dict, modes: tuple[str, ...], size: int, device: torch.device,
+                     seed: int, tag: str) -> dict[str, tuple[onnx_model.OnnxModel, float, str]]:
+    """Per ONNX Runtime mode asked for (onnx, int8): the model, the seconds it took to be ready, and its variant
+    text. From the --onnx / --int8 files, else exported in memory once for both, int8 calibrated on random inputs."""
+    ready, start, blob = {}, time.perf_counter(), None
+    if ("onnx" in modes and target["onnx"] is None) or ("int8" in modes and target["int8"] is None):
+        blob = float_blob(model, target, size, tag)
+    float_s = time.perf_counter() - start
+    if "onnx" in modes:  # a file's metadata was checked at the start
+        exported = onnx_model.OnnxModel(target["onnx"] or blob, device).eval()
+        ready["onnx"] = (exported, time.perf_counter() - start, exported.runtime)
+    if "int8" in modes:
+        start = time.perf_counter()
+        if target["int8"] is not None:
+            quantized = onnx_model.OnnxModel(target["int8"], device).eval()
+            ready["int8"] = (quantized, time.perf_counter() - start, f"{quantized.runtime}, {target['int8']}")
+        else:
+            print(f"{tag}: quantising to int8, calibrated on random inputs (right for timing, not for accuracy: "
+                  "export.py --int8 calibrates on images and checks the result)", flush=True)
+            calibration = onnx_model.random_inputs(size, seed, RANDOM_CALIBRATION)
+            quantized = onnx_model.OnnxModel(onnx_model.quantize_int8(blob, calibration), device).eval()
+            ready["int8"] = (quantized, float_s + time.perf_counter() - start,
+                             f"{quantized.runtime}, calibrated on random inputs")
+    return ready
 
 
 def measure(model: torch.nn.Module, target: dict, x: torch.Tensor, args: argparse.Namespace, device: torch.device,
@@ -272,9 +315,16 @@ def measure(model: torch.nn.Module, target: dict, x: torch.Tensor, args: argpars
         start = time.perf_counter()
         forwards["fast"] = models.make_fast(model, device, x)
         checks["fast"] = {"fast_variant": forwards["fast"].variant, "compile_s": round(time.perf_counter() - start, 1)}
-    if "onnx" in args.mode:
-        forwards["onnx"], export_s = onnx_forward(model, target, x.shape[-1], device, tag)
-        checks["onnx"] = {"onnx_runtime": forwards["onnx"].runtime, "export_s": round(export_s, 1)}
+    runtime = runtime_forwards(model, target, tuple(m for m in RUNTIME_MODES if m in args.mode), x.shape[-1],
+                               device, args.seed, tag)
+    for mode, (forward, ready_s, variant) in runtime.items():
+        forwards[mode] = forward
+        checks[mode] = {"onnx_runtime": variant, "export_s": round(ready_s, 1)}
+    if "int8" in runtime:
+        # Its own scores, from export.py's check; the checkpoint's are not an int8 model's (none when calibrated on
+        # random inputs).
+        found = onnx_model.meta_of(runtime["int8"][0], target["int8"] or "int8 model")["int8_check"]
+        checks["int8"].update({key: found["int8"][key] if found else None for key in ("accuracy", "macro_f1")})
     with torch.inference_mode():
         reference = eager(x).float()
         for mode, check in checks.items():
@@ -292,8 +342,11 @@ def measure(model: torch.nn.Module, target: dict, x: torch.Tensor, args: argpars
         check = checks.get(mode, {})
         if "eager" in stats and mode != "eager":
             check["speedup"] = stats["eager"]["latency_ms"] / timing["latency_ms"]
+        if mode == "int8" and "onnx" in stats:  # what int8 is for: beating float32 ONNX Runtime
+            check["speedup_vs_onnx"] = stats["onnx"]["latency_ms"] / timing["latency_ms"]
         print(f"{tag} {mode}: {timing['latency_ms']:.3f} ms, {timing['fps']:.1f} images/s"
-              + (f", {check['speedup']:.2f}x eager" if "speedup" in check else ""), flush=True)
+              + (f", {check['speedup']:.2f}x eager" if "speedup" in check else "")
+              + (f", {check['speedup_vs_onnx']:.2f}x onnx" if "speedup_vs_onnx" in check else ""), flush=True)
         rows.append({"mode": mode, **timing, **check})
     return rows
 
@@ -360,11 +413,14 @@ def markdown(rows: list[dict], batch_size: int) -> str:
     checked = [r for r in rows if r["mode"] != "eager"]
     if checked:
         lines += ["", "Fast path and ONNX Runtime against eager on the same input (speed-up: eager latency / its "
-                  "latency, timed in alternating chunks in this run; ready in: compile or export time):", "",
+                  "latency, timed in alternating chunks in this run, and for int8 also onnx latency / its latency; "
+                  "ready in: compile, export or quantisation time):", "",
                   "| Experiment | Batch | Mode | Variant | Ready in (s) | Speed-up | Max abs logit diff | "
                   "Argmax agrees |", "|---|---|---|---|---|---|---|---|"]
         for r in checked:
             speedup = "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"
+            if r.get("speedup_vs_onnx") is not None:
+                speedup += f" ({r['speedup_vs_onnx']:.2f}x onnx)"
             variant, ready = (r["fast_variant"], r["compile_s"]) if r["mode"] == "fast" else (r["onnx_runtime"],
                                                                                                 r["export_s"])
             lines.append(f"| {r['experiment']} | {r['batch_size']} | {r['mode']} | {variant} | {ready} | "
@@ -411,11 +467,18 @@ def tradeoff(rows: list[dict], batch_size: int) -> Image.Image:
 def main(args: argparse.Namespace) -> None:
     device = models.resolve_device(args.device)
     amp = device.type == "cuda" if args.amp is None else args.amp
-    if args.onnx is not None and "onnx" not in args.mode:
-        raise utils.UserError(f"--onnx: add onnx to --mode (got {','.join(args.mode)})")
-    if "onnx" in args.mode:  # checked before anything is timed
-        onnx_model.require("--mode onnx", ("onnx", "onnxruntime") if args.onnx else ("onnx", "onnxruntime",
-                                                                                       "onnxscript"))
+    for mode in RUNTIME_MODES:
+        if getattr(args, mode) is not None and mode not in args.mode:
+            raise utils.UserError(f"--{mode}: add {mode} to --mode (got {','.join(args.mode)})")
+    if "int8" in args.mode and device.type != "cpu":
+        raise utils.UserError(f"--mode int8: ONNX Runtime's int8 kernels are the CPU's; use --device cpu, or leave "
+                              f"int8 out of --mode on {device.type} (e.g. eager,fast,onnx)")
+    runtime = [m for m in RUNTIME_MODES if m in args.mode]
+    if runtime:  # checked before anything is timed
+        # An in-memory export needs onnxscript; int8 without --int8 quantises the --onnx file when there is one.
+        export = ("onnx" in runtime and args.onnx is None) or ("int8" in runtime and args.int8 is None
+                                                                and args.onnx is None)
+        onnx_model.require(f"--mode {','.join(runtime)}", ("onnx", "onnxruntime") + (("onnxscript",) * export))
     targets = targets_from_args(args)
     # The fast path's dtype: float16 autocast on CUDA (eager's too, unless --no-amp), float32 on the CPU.
     matmul_dtype = torch.float16 if device.type == "cuda" else torch.float32
@@ -424,7 +487,7 @@ def main(args: argparse.Namespace) -> None:
               "matmul_gflop_per_s": matmul_rate, "matmul_dtype": str(matmul_dtype).removeprefix("torch."),
               "threads": torch.get_num_threads(), "amp": amp, "warmup": args.warmup, "iters": args.iters,
               "fast_variant": None, "compile_s": None, "onnx_runtime": None, "export_s": None,
-              "max_abs_diff": None, "argmax_match": None, "speedup": None}
+              "max_abs_diff": None, "argmax_match": None, "speedup": None, "speedup_vs_onnx": None}
     print(f"benchmark: {len(targets)} model(s) on {common['device_name']}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} CPU threads, modes {','.join(args.mode)}, batch {args.batch_size}"
           + (f" (+ sweep {args.batch_sizes})" if args.batch_sizes else "")

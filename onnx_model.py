@@ -5,7 +5,8 @@ so predict.py, evaluate.py and ensemble_tta.py run an exported model through the
 benchmark.py times it beside eager and the fast path. An exported model takes float32 images [N, 3, S, S]
 (RGB, scaled to 0-1, then normalised with the stored mean and std) and returns float32 logits [N, num_classes];
 N is a dynamic axis. Its metadata holds what a deployment needs to preprocess and label: classes, image size,
-mean, std, the experiment id, the architecture and the checkpoint's metrics.
+mean, std, the experiment id, the architecture, the checkpoint's metrics and the precision (float32, or int8 for a
+model quantize_int8 made from a float32 one: same input and output, int8 inside).
 
 The extras (onnx, onnxruntime, onnxscript for torch.onnx's exporter) are in requirements-onnx.txt.
 """
@@ -13,13 +14,16 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
+import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 from torch import nn
 
+import metrics
 import models
 import utils
 
@@ -37,6 +41,16 @@ INSTALL_HINT = "pip install -r requirements-onnx.txt"
 # no probability by more than ~0.1 %.
 TOLERANCE = 1e-3
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
+# An int8 model is kept only if its accuracy and its macro-F1 on labelled images are each within this of the float32
+# model's on the same images (0.5 points): what a user of the model would notice, unlike a logit distance.
+INT8_TOLERANCE = 0.005
+# How quantize_int8 quantises, recorded in the int8 model's metadata. QDQ: the format ONNX Runtime's CPU kernels
+# are tuned for since 1.11. int8 weights with a scale per output channel: a network's filters differ in range by
+# orders of magnitude, one scale per tensor would flatten the small ones. uint8 activations: ONNX Runtime's advice
+# for x86 (its u8 x s8 kernels use AVX-512 VNNI / AVX-VNNI where the CPU has them). MinMax ranges: the smallest and
+# largest value each activation took on the calibration images, ONNX Runtime's default.
+INT8_SCHEME = ("ONNX Runtime static quantisation: QDQ, int8 weights per output channel, uint8 activations, "
+               "MinMax ranges from calibration images")
 
 
 def require(feature: str, modules: Sequence[str] = ("onnx", "onnxruntime")) -> list[Any]:
@@ -66,7 +80,7 @@ def metadata(arch: dict, experiment: str | None, metrics: dict | None, img_size:
                     if models.arch_grayscale(arch) else ""),
         "output": f"{OUTPUT_NAME}: float32 [N, {len(classes)}], one logit per class in the order of 'classes'",
         "experiment": experiment or "", "metrics": json.dumps(metrics or {}),
-        "opset": str(opset), "torch_version": torch.__version__,
+        "opset": str(opset), "torch_version": torch.__version__, "precision": "float32",
     }
 
 
@@ -126,7 +140,8 @@ class OnnxModel(nn.Module):
         self.props = dict(self.session.get_modelmeta().custom_metadata_map)
         self.input_name = self.session.get_inputs()[0].name
         self.runtime = (f"ONNX Runtime {ort.__version__} {self.session.get_providers()[0]}, "
-                        f"{options.intra_op_num_threads} intra-op threads")
+                        f"{options.intra_op_num_threads} intra-op threads"
+                        + (", int8" if self.props.get("precision") == "int8" else ""))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Float32 logits [B, C] on x's device for images [B, 3, S, S]."""
@@ -136,7 +151,8 @@ class OnnxModel(nn.Module):
 
 
 def meta_of(model: OnnxModel, path: str | os.PathLike) -> dict:
-    """{arch, experiment, metrics} from an exported model's metadata, shaped like models.load_model's meta."""
+    """{arch, experiment, metrics} from an exported model's metadata, shaped like models.load_model's meta, and the
+    exported model's own: mean, std, opset, runtime, precision and (int8, from export.py) the int8 check."""
     props = model.props
     if props.get("format") != FORMAT:
         raise utils.UserError(f"{path}: an ONNX model without our metadata (no 'format': '{FORMAT}' entry); "
@@ -149,11 +165,14 @@ def meta_of(model: OnnxModel, path: str | os.PathLike) -> dict:
                 "class_counts": json.loads(props.get("class_counts") or "null"),
                 "sampler": props.get("sampler") or None, "grayscale": props.get("grayscale") == "True"}
         extra = {"mean": json.loads(props["mean"]), "std": json.loads(props["std"]),
-                 "opset": int(props["opset"]), "metrics": json.loads(props.get("metrics") or "{}")}
+                 "opset": int(props["opset"]), "metrics": json.loads(props.get("metrics") or "{}"),
+                 "int8_check": json.loads(props.get("int8_check") or "null")}
     except (KeyError, ValueError) as err:
         raise utils.UserError(f"{path}: damaged metadata ({type(err).__name__}: {err})") from None
+    # Files exported before the precision entry existed are float32.
     return {"arch": arch, "experiment": props.get("experiment") or None, "metrics": extra["metrics"] or None,
-            "mean": extra["mean"], "std": extra["std"], "opset": extra["opset"], "runtime": model.runtime}
+            "mean": extra["mean"], "std": extra["std"], "opset": extra["opset"], "runtime": model.runtime,
+            "precision": props.get("precision") or "float32", "int8_check": extra["int8_check"]}
 
 
 def load_any(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
@@ -208,3 +227,82 @@ def verify(model: nn.Module, exported: OnnxModel, img_size: int, seed: int = 0) 
     batches = random_inputs(img_size, seed)
     return compare(logits_of(model, batches), logits_of(exported, batches))
 
+
+
+# --- int8: ONNX Runtime's static quantisation of an exported model ---
+
+class CalibrationBatches:
+    """ONNX Runtime's CalibrationDataReader protocol (get_next: one input dict per call, None at the end) over
+    normalised image batches [B, 3, S, S], drawn lazily so the calibration images are never all in memory."""
+
+    def __init__(self, batches: Iterable[torch.Tensor]) -> None:
+        self.batches = iter(batches)
+
+    def get_next(self) -> dict[str, Any] | None:
+        """The next batch as ONNX Runtime's input dict, or None when there is none left."""
+        batch = next(self.batches, None)
+        return None if batch is None else {INPUT_NAME: batch.detach().to("cpu", torch.float32).contiguous().numpy()}
+
+
+def with_metadata(blob: bytes, props: dict[str, str]) -> bytes:
+    """A serialised model with `props` added to (or replacing entries of) its metadata."""
+    (onnx,) = require("ONNX metadata", ("onnx",))
+    proto = onnx.load_model_from_string(blob)
+    onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, **props})
+    return proto.SerializeToString()
+
+
+def quantize_int8(blob: bytes, batches: Iterable[torch.Tensor]) -> bytes:
+    """A float32 export quantised to int8 (INT8_SCHEME) with activation ranges from normalised calibration image
+    batches [B, 3, S, S]; it keeps the float32 model's metadata, with precision int8 and the scheme."""
+    _, _, quantization, preprocess = require("int8 quantisation", ("onnx", "onnxruntime", "onnxruntime.quantization",
+                                                                   "onnxruntime.quantization.shape_inference"))
+    with tempfile.TemporaryDirectory(prefix="fer-int8-") as folder:
+        source, prepared, quantized = (Path(folder) / name for name in ("float.onnx", "prepared.onnx", "int8.onnx"))
+        source.write_bytes(blob)
+        # ONNX Runtime's quantiser warns through the root logger, e.g. for every 1-D LayerNorm weight that cannot
+        # take a per-channel scale (it gets one scale instead): dozens of lines for a ConvNeXt that say nothing
+        # about the result, which export.py's check judges.
+        muted = logging.root.manager.disable
+        logging.disable(logging.WARNING)
+        try:
+            # Shape inference and graph optimisation (BatchNorm folded into convolutions, ...) first, as ONNX
+            # Runtime's quantisation guide asks: a BatchNorm left standing would get a range of its own.
+            preprocess.quant_pre_process(str(source), str(prepared))
+            quantization.quantize_static(str(prepared), str(quantized), CalibrationBatches(batches),
+                                         quant_format=quantization.QuantFormat.QDQ, per_channel=True,
+                                         activation_type=quantization.QuantType.QUInt8,
+                                         weight_type=quantization.QuantType.QInt8,
+                                         calibrate_method=quantization.CalibrationMethod.MinMax)
+        except utils.UserError:
+            raise
+        except Exception as err:  # ONNX Runtime's quantiser raises many types; all mean "this model did not quantise"
+            raise utils.UserError(f"int8 quantisation failed: {' '.join(str(err).split())[:300]}") from None
+        finally:
+            logging.disable(muted)
+        result = quantized.read_bytes()
+    return with_metadata(result, {"precision": "int8", "quantization": INT8_SCHEME})
+
+
+def int8_agreement(labels: torch.Tensor, float_logits: torch.Tensor, int8_logits: torch.Tensor,
+                   classes: Sequence[str], tolerance: float = INT8_TOLERANCE) -> dict[str, Any]:
+    """Accuracy and macro-F1 (metrics.compute_metrics) of a float32 and an int8 model on the same labelled images,
+    and how often their argmax agrees; ok when the int8 model's accuracy and macro-F1 are each within `tolerance`
+    of the float32 model's (either way: a gain this large would say the int8 model is another model)."""
+    scores = {}
+    for name, logits in (("float32", float_logits), ("int8", int8_logits)):
+        found = metrics.compute_metrics(labels.tolist(), logits.argmax(1).tolist(), classes)
+        scores[name] = {"accuracy": found["accuracy"], "macro_f1": found["macro_f1"]}
+    gaps = {key: scores["int8"][key] - scores["float32"][key] for key in ("accuracy", "macro_f1")}
+    # 1e-9: a gap of exactly the tolerance (1 image in 200) passes despite float rounding.
+    ok = all(abs(gap) <= tolerance + 1e-9 for gap in gaps.values())
+    return {"images": int(labels.numel()), **scores, "gap": gaps, "tolerance": tolerance,
+            "argmax_agree": int((float_logits.argmax(1) == int8_logits.argmax(1)).sum()), "ok": ok}
+
+
+def describe_int8(check: dict[str, Any]) -> str:
+    """'accuracy 0.6617 (float32 0.6626), macro-F1 0.6333 (float32 0.6334), argmax agrees on 3525/3589' for an
+    int8_agreement() result."""
+    f32, i8 = check["float32"], check["int8"]
+    return (f"accuracy {i8['accuracy']:.4f} (float32 {f32['accuracy']:.4f}), macro-F1 {i8['macro_f1']:.4f} "
+            f"(float32 {f32['macro_f1']:.4f}), argmax agrees on {check['argmax_agree']}/{check['images']}")
