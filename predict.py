@@ -591,15 +591,11 @@ def predict_video(src: Source, cv2: Any, classifier: FaceClassifier, detector: d
         capture.release()  # after the reading thread has stopped (leaving `with reader` waits for it)
         if window is not None:
             window.close()
-    if stats.frames == 0:
-        if output is not None:
-            output.discard()
-        if stats.stopped:
-            return rows, stats
+    if stats.frames == 0 and not stats.stopped:
         raise utils.UserError(f"cannot read {'camera ' + src.path if src.kind == 'camera' else 'video ' + src.path}"
                               ": no frame could be decoded")
     if output is not None:
-        output.finish()
+        output.finish()  # nothing to do when no frame was written
     stats.seconds = time.perf_counter() - start
     stats.dropped, stats.whole, stats.followed = reader.dropped, finder.whole, finder.followed
     stats.model_s = classifier.model_s - model_before
@@ -684,6 +680,8 @@ def _mode_file(mode: str, file: str | None, ckpt: str) -> str | None:
     """The model file a --benchmark mode runs (None: export the checkpoint in memory), checked before any run."""
     spec, path = PIPELINE_MODES[mode], file or ckpt
     is_onnx = Path(path).suffix.lower() == ".onnx"
+    if spec.onnx:
+        onnx_model.require(f"--benchmark {mode}")  # a missing install fails now, not after the other modes' passes
     if spec.onnx and file is None and not is_onnx and spec.export is not None:
         return None
     if is_onnx != spec.onnx:
