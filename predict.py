@@ -6,8 +6,11 @@ Without --ckpt it uses the released FER2013 model, pretrained/fer2013.pt (7 clas
 
 Images are face crops by default, read exactly as evaluate.py reads them; with --detect, faces are found first
 (--detector: MTCNN by default, or OpenCV's Haar cascades; see detectors.py) and each is classified. Videos and the
-camera always detect: all faces of a frame run as one batch, faces are tracked frame to frame and each track's
-probabilities are smoothed over time.
+camera always detect: the whole frame is searched every --detect-every frames and the faces are followed in between
+(realtime.FaceFinder), all faces of a frame run as one batch, faces are tracked frame to frame and each track's
+probabilities are smoothed over time. A camera is read in its own thread that hands over only the newest frame
+(--realtime plays a file that way); Ctrl-C or q (--show) ends with whole outputs. One unreadable file in a folder
+or list is named and skipped. --benchmark measures the video pipeline end to end, once per model mode.
 Writes OUT/predictions.csv, one row per image or frame and face: file, frame, track (face id in a video), the
 face box face_x, face_y, face_w, face_h (the whole image for a crop), label (predicted class index), name (its
 class name) and prob_<class> for every class (smoothed over time for videos); with --annotate, annotated copies.

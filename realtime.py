@@ -180,7 +180,8 @@ def stop_on_interrupt() -> Iterator[threading.Event]:
 # Faces between detections
 # ---------------------------------------------------------------------------------------------------------------------
 
-def _follow(detector: detectors.FaceDetector, rgb: np.ndarray, boxes: list[detectors.Box]) -> list[detectors.Box] | None:
+def _follow(detector: detectors.FaceDetector, rgb: np.ndarray,
+            boxes: list[detectors.Box]) -> list[detectors.Box] | None:
     """Each face searched again near its last box (FaceDetector.near); None when one is lost."""
     found = []
     for box in boxes:
