@@ -505,8 +505,4 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    args = get_args_parser().parse_args()
-    try:
-        main(args)
-    except utils.UserError as err:
-        sys.exit(f"error: {err}")
+    utils.run_cli(main, get_args_parser())

@@ -1,7 +1,7 @@
 """The data commands: convert a dataset layout (converters.py), check an index CSV, crop its faces once (prepare),
-measure the loader (bench), write the synthetic demo set (demo.py).
+measure the loader (bench), write the synthetic demo set (demo.py), write the real-time test clip (realtime.py).
 
-    python datasets.py {check,prepare,bench,demo,affectnet,affectnet-npy,folder,rafdb,fer2013,ferplus} --help
+    python datasets.py {check,prepare,bench,demo,clip,affectnet,affectnet-npy,folder,rafdb,fer2013,ferplus} --help
 """
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from pathlib import Path
 import converters
 import data
 import demo
+import detectors
+import realtime
 from utils import AFFECTNET8, DEFAULT_IMG_SIZE, UserError, int_at_least, run_cli, write_json
 
 
@@ -53,6 +55,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", action=Renamed, const="--img-size", nargs="?", help=argparse.SUPPRESS)
     p.add_argument("--balanced", action="store_true",
                    help="every training class has --min-train-per-class images (default: Table 2's proportions)")
+
+    p = sub.add_parser("clip", help="write the 640 x 480 test clip predict.py --benchmark runs on: a camera moving "
+                                     "over scikit-image's astronaut portrait (needs OpenCV and scikit-image)")
+    p.add_argument("--out", required=True, help="the video file to write (.mp4)")
+    p.add_argument("--frames", type=int_at_least(1), default=300, help="frames (default: 300, 10 s)")
+    p.add_argument("--fps", type=int_at_least(1), default=30, help="frames per second (default: 30)")
 
     p = sub.add_parser("prepare", help="crop every face once, ahead of training (full-release photos: always)")
     p.add_argument("--csv", required=True, help="index CSV with face boxes (e.g. from `datasets.py affectnet`)")
@@ -99,6 +107,11 @@ def main(args: argparse.Namespace) -> None:
         print(f"wrote {train_csv} ({sum(counts)} images: " + ", ".join(f"{n} {c}" for n, c in zip(counts, AFFECTNET8))
               + f") and {val_csv} ({args.val_per_class * len(AFFECTNET8)} images) "
               f"in {time.perf_counter() - start:.1f}s")
+    elif args.command == "clip":
+        cv2 = detectors.import_cv2("datasets.py clip")
+        realtime.write_clip(cv2, args.out, args.frames, args.fps)
+        print(f"wrote {args.out} ({args.frames} frames, {realtime.CLIP_SIZE[0]} x {realtime.CLIP_SIZE[1]} at "
+              f"{args.fps} fps)")
     elif args.command == "prepare":
         written, skipped, problems = data.prepare(args.csv, args.out, args.data_root, args.img_size, args.workers)
         print(f"prepared {written} crops, {skipped} already there; wrote {Path(args.out) / 'index.csv'}")

@@ -25,6 +25,11 @@ import utils
 
 Box = tuple[int, int, int, int]  # x, y, w, h in pixels
 VIDEO_HINT = "pip install -r requirements-video.txt"
+# FaceDetector.near, following a face from one frame to the next: the square searched is NEAR_CONTEXT times the
+# face's size, scaled so the face is NEAR_FACE_PX px (MTCNN's last network reads faces at 48 px, so nothing is lost),
+# and faces down to NEAR_SHRINK of that are searched (a face moving away). Its cost is a few small networks on a
+# 96 x 96 image, whatever the frame's size.
+NEAR_CONTEXT, NEAR_FACE_PX, NEAR_SHRINK = 2.0, 48, 0.5
 
 
 def import_cv2(feature: str) -> Any:
@@ -77,13 +82,50 @@ class FaceDetector:
         scale = min(1.0, self.max_side / max(height, width))
         small = rgb if scale == 1.0 else self.cv2.resize(rgb, None, fx=scale, fy=scale,
                                                           interpolation=self.cv2.INTER_AREA)
-        boxes = []
-        for (x, y, w, h), _ in self.detect(np.ascontiguousarray(small), max(12, round(self.min_face * scale))):
-            left, top = max(0, round(x / scale)), max(0, round(y / scale))
-            right, bottom = min(width, round((x + w) / scale)), min(height, round((y + h) / scale))
-            if right > left and bottom > top:
-                boxes.append((left, top, right - left, bottom - top))
-        return sorted(boxes)
+        found = [clamp((x / scale, y / scale, w / scale, h / scale), width, height)
+                 for (x, y, w, h), _ in self.detect(np.ascontiguousarray(small), max(12, round(self.min_face * scale)))]
+        return sorted(box for box in found if box is not None)
+
+    def near(self, rgb: np.ndarray, box: Box) -> Box | None:
+        """The face closest to `box` (where a face was a frame ago) in a uint8 RGB image, or None when it is gone.
+
+        Only a square NEAR_CONTEXT times the face's size around the box is searched, scaled so the face is about
+        NEAR_FACE_PX px (a fraction of a whole-frame search, always at the same input size). The face may move by up
+        to half its size between the two frames and shrink to NEAR_SHRINK of it.
+        """
+        height, width = rgb.shape[:2]
+        x, y, w, h = box
+        side = NEAR_CONTEXT * max(w, h)
+        left, top = round(x + w / 2 - side / 2), round(y + h / 2 - side / 2)
+        right, bottom = left + round(side), top + round(side)
+        region = rgb[max(0, top):min(height, bottom), max(0, left):min(width, right)]
+        if region.size == 0:
+            return None
+        # Parts outside the frame are filled with its edge pixels, so the region is always square.
+        region = self.cv2.copyMakeBorder(region, max(0, -top), max(0, bottom - height), max(0, -left),
+                                         max(0, right - width), self.cv2.BORDER_REPLICATE)
+        size = round(NEAR_CONTEXT * NEAR_FACE_PX)
+        scale = size / region.shape[1]
+        small = self.cv2.resize(region, (size, size), interpolation=self.cv2.INTER_AREA if scale < 1
+                                else self.cv2.INTER_LINEAR)
+        found = [clamp((left + bx / scale, top + by / scale, bw / scale, bh / scale), width, height)
+                 for (bx, by, bw, bh), _ in self.detect(small, round(NEAR_SHRINK * NEAR_FACE_PX))]
+        # The search region may hold a neighbour's face too: the one that overlaps the old box most is this face.
+        return max((b for b in found if b is not None), key=lambda b: (iou(b, box), -_centre_distance(b, box)),
+                   default=None)
+
+
+def clamp(box: tuple[float, float, float, float], width: int, height: int) -> Box | None:
+    """A float (x, y, w, h) box rounded to pixels and clamped to a width x height image; None if nothing is left."""
+    x, y, w, h = box
+    left, top = max(0, round(x)), max(0, round(y))
+    right, bottom = min(width, round(x + w)), min(height, round(y + h))
+    return (left, top, right - left, bottom - top) if right > left and bottom > top else None
+
+
+def _centre_distance(a: Box, b: Box) -> float:
+    """Distance between the centres of two boxes, in pixels."""
+    return float(np.hypot(a[0] + a[2] / 2 - b[0] - b[2] / 2, a[1] + a[3] / 2 - b[1] - b[3] / 2))
 
 
 class HaarDetector(FaceDetector):

@@ -24,7 +24,6 @@ from ImageNet weights. Needs no extra package.
 """
 import argparse
 import json
-import sys
 import time
 
 import torch
@@ -175,8 +174,4 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    args = get_args_parser().parse_args()
-    try:
-        main(args)
-    except utils.UserError as err:
-        sys.exit(f"error: {err}")
+    utils.run_cli(main, get_args_parser())

@@ -6,8 +6,11 @@ Without --ckpt it uses the released FER2013 model, pretrained/fer2013.pt (7 clas
 
 Images are face crops by default, read exactly as evaluate.py reads them; with --detect, faces are found first
 (--detector: MTCNN by default, or OpenCV's Haar cascades; see detectors.py) and each is classified. Videos and the
-camera always detect: all faces of a frame run as one batch, faces are tracked frame to frame and each track's
-probabilities are smoothed over time.
+camera always detect: the whole frame is searched every --detect-every frames and the faces are followed in between
+(realtime.FaceFinder), all faces of a frame run as one batch, faces are tracked frame to frame and each track's
+probabilities are smoothed over time. A camera is read in its own thread that hands over only the newest frame
+(--realtime plays a file that way); Ctrl-C or q (--show) ends with whole outputs. One unreadable file in a folder
+or list is named and skipped. --benchmark measures the video pipeline end to end, once per model mode.
 Writes OUT/predictions.csv, one row per image or frame and face: file, frame, track (face id in a video), the
 face box face_x, face_y, face_w, face_h (the whole image for a crop), label (predicted class index), name (its
 class name) and prob_<class> for every class (smoothed over time for videos); with --annotate, annotated copies.
@@ -34,6 +37,7 @@ import detectors
 import models
 import onnx_model
 import plots
+import realtime
 import utils
 
 # The released model (pretrained/README.md is its card): what predict.py runs when no --ckpt is given.
@@ -42,6 +46,12 @@ VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".
 # Face batches are padded up to one of these sizes for the compiled path, so a video with 1-8 faces per frame
 # compiles at most four graphs instead of one per face count; larger batches run in chunks of the largest.
 FAST_BUCKETS: tuple[int, ...] = (1, 2, 4, 8)
+# Inputs are decoded once before the model loads, at reduced scale down to this side: a damaged file shows at any
+# scale, and a reduced-scale JPEG decode costs a fraction of a full one.
+CHECK_SIZE = 64
+# --detect-every's default: a whole-frame face search every 10th frame, the faces followed in between (--track), so
+# a face entering the picture is found within a third of a second at 30 fps. TODO(lead): measure (docs/export.md).
+DETECT_EVERY = 10
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Inputs
@@ -105,12 +115,29 @@ def image_size(path: str) -> tuple[int, int]:
 
 
 def check_video(cv2: Any, path: str) -> None:
-    """Fail early, naming the file, when OpenCV cannot open a video."""
+    """Fail early, naming the file, when OpenCV cannot open a video or decode its first frame."""
     capture = cv2.VideoCapture(path)
     opened = capture.isOpened()
+    decoded = opened and capture.read()[0]
     capture.release()
     if not opened:
         raise utils.UserError(f"cannot open video {path} (not a video, damaged, or a codec OpenCV lacks)")
+    if not decoded:
+        raise utils.UserError(f"cannot read video {path}: no frame could be decoded")
+
+
+def input_problem(src: Source, cv2: Any) -> str | None:
+    """Why an input cannot be read, as its one-line error, or None. Images are decoded whole (at reduced scale for
+    JPEGs), so a truncated file is caught here, not halfway through a batch."""
+    try:
+        if src.kind == "image":
+            image_size(src.path)  # the header: not an image, or over Pillow's decompression-bomb limit
+            data.load_face(data.Sample(path=src.name, file=src.path, label=0, box=None, line=0), CHECK_SIZE)
+        elif src.kind == "video":
+            check_video(cv2, src.path)
+    except utils.UserError as err:
+        return str(err)
+    return None
 
 
 def read_rgb(path: str, max_side: int) -> tuple[np.ndarray, float]:
@@ -401,107 +428,193 @@ def _save_annotated(src: Source, faces: list[tuple[detectors.Box, str]], names: 
 
 @dataclass
 class VideoStats:
-    """Counts and timings of one video, for the FPS summary."""
+    """Counts and timings of one video or camera session, for the summary line and --benchmark."""
 
-    frames: int = 0
-    analysed: int = 0
+    frames: int = 0  # frames the pipeline took (each one written to the annotated video)
+    analysed: int = 0  # frames whose faces were found and classified (--every)
     faces: int = 0
+    dropped: int = 0  # frames a camera (or --realtime) delivered while the pipeline was busy: never seen
+    whole: int = 0  # whole-frame detections
+    followed: int = 0  # frames whose faces were followed near their last boxes (--track)
     model_calls: int = 0
     seconds: float = 0.0
     detect_s: float = 0.0
     model_s: float = 0.0
     warmup_s: float = 0.0
+    latencies: list[float] = field(default_factory=list)  # capture to label, seconds, one per frame taken
+    stopped: bool = False  # ended by Ctrl-C or q before the source ended
+
+    def latency_ms(self, percent: float) -> float:
+        """A percentile of the capture-to-label latency, in ms."""
+        return 1000 * float(np.percentile(self.latencies, percent)) if self.latencies else float("nan")
+
+    def fps(self) -> float:
+        """Frames taken per second of wall time, one-off compilation left out."""
+        return self.frames / max(self.seconds - self.warmup_s, 1e-9)
 
     def summary(self, name: str) -> str:
-        """One line: end-to-end FPS and model-only FPS (one-off compilation left out of both)."""
-        wall = max(self.seconds - self.warmup_s, 1e-9)
+        """One line: end-to-end FPS, latency, detection and model-only time (one-off compilation left out)."""
         model = (f"model {1000 * self.model_s / self.model_calls:.1f} ms per frame with faces = "
                  f"{self.model_calls / self.model_s:.1f} FPS model-only" if self.model_calls else "model-only: no face")
         warm = f"; {self.warmup_s:.1f} s one-off warm-up left out" if self.warmup_s > 0.05 else ""
-        detect = f"detection {1000 * self.detect_s / self.analysed:.1f} ms/frame; " if self.analysed else ""
-        return (f"{name}: {self.frames} frames ({self.analysed} analysed, {self.faces} faces) in {wall:.1f} s: "
-                f"{self.frames / wall:.1f} FPS end to end; {detect}{model}{warm}")
+        detect = (f"detection {1000 * self.detect_s / self.analysed:.1f} ms/frame ({self.whole} whole-frame, "
+                  f"{self.followed} followed); " if self.analysed else "")
+        dropped = f", {self.dropped} dropped" if self.dropped else ""
+        dropped += ", stopped by Ctrl-C or q" if self.stopped else ""
+        return (f"{name}: {self.frames} frames ({self.analysed} analysed, {self.faces} faces{dropped}) in "
+                f"{self.seconds - self.warmup_s:.1f} s: {self.fps():.1f} FPS end to end; capture to label p50 "
+                f"{self.latency_ms(50):.1f} ms, p95 {self.latency_ms(95):.1f} ms; {detect}{model}{warm}")
+
+
+class VideoOutput:
+    """An annotated mp4 written to a temporary file beside its name, renamed only once complete (finish)."""
+
+    def __init__(self, cv2: Any, path: Path, fps: float) -> None:
+        self.cv2, self.path, self.fps = cv2, path, fps
+        self.tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.mp4")
+        self.writer: Any = None
+
+    def write(self, bgr: np.ndarray) -> None:
+        """Append a frame (opened at the first frame's size)."""
+        if self.writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.writer = self.cv2.VideoWriter(str(self.tmp), self.cv2.VideoWriter_fourcc(*"mp4v"), self.fps,
+                                               (bgr.shape[1], bgr.shape[0]))
+            if not self.writer.isOpened():
+                raise utils.UserError(f"cannot write video {self.tmp} (mp4v codec missing from OpenCV?)")
+        self.writer.write(bgr)
+
+    def finish(self) -> None:
+        """Close the file and give it its name."""
+        if self.writer is not None:
+            self.writer.release()
+            os.replace(self.tmp, self.path)
+
+    def discard(self) -> None:
+        """Close and remove a half-written file."""
+        if self.writer is not None:
+            self.writer.release()
+            self.tmp.unlink(missing_ok=True)
+
+
+class Window:
+    """--show: the annotated frames in an OpenCV window; q (or Esc) in it ends the session."""
+
+    QUIT_KEYS = (ord("q"), 27)
+
+    def __init__(self, cv2: Any, title: str) -> None:
+        self.cv2, self.title = cv2, title
+        cv2.namedWindow(title)  # main() checked that this OpenCV has a GUI
+
+    def show(self, bgr: np.ndarray) -> bool:
+        """Draw a frame; True when q or Esc was pressed."""
+        self.cv2.imshow(self.title, bgr)
+        return (self.cv2.waitKey(1) & 0xFF) in self.QUIT_KEYS
+
+    def close(self) -> None:
+        """Close the window."""
+        self.cv2.destroyWindow(self.title)
+
+
+def check_window(cv2: Any) -> None:
+    """--show fails at once, with the install to fix it, when this OpenCV has no GUI (the -headless wheel)."""
+    try:
+        cv2.namedWindow("predict.py")
+        cv2.destroyWindow("predict.py")
+    except cv2.error:
+        raise utils.UserError("--show needs OpenCV with a GUI, not opencv-python-headless: pip uninstall "
+                              "opencv-python-headless && pip install 'opencv-python<5'") from None
+
+
+def open_capture(cv2: Any, src: Source) -> tuple[Any, float, int]:
+    """The opened capture of a video file or camera, its frame rate (30 when unknown) and frame count (0: unknown)."""
+    camera = src.kind == "camera"
+    capture = cv2.VideoCapture(int(src.path) if camera else src.path)
+    if not capture.isOpened():
+        raise utils.UserError(f"cannot open {'camera ' + src.path if camera else 'video ' + src.path}")
+    total = 0 if camera else max(0, int(capture.get(cv2.CAP_PROP_FRAME_COUNT)))
+    return capture, capture.get(cv2.CAP_PROP_FPS) or 30.0, total
 
 
 def predict_video(src: Source, cv2: Any, classifier: FaceClassifier, detector: detectors.FaceDetector,
                   transform: Callable[[Image.Image], torch.Tensor], classes: Sequence[str],
                   args: argparse.Namespace, names: OutputNames | None) -> tuple[list[list[Any]], VideoStats]:
-    """CSV rows for every analysed frame and face of a video file or camera, and its timing stats."""
-    camera = src.kind == "camera"
-    capture = cv2.VideoCapture(int(src.path) if camera else src.path)
-    if not capture.isOpened():
-        raise utils.UserError(f"cannot open {'camera ' + src.path if camera else 'video ' + src.path}")
-    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if not camera else 0
-    if args.max_frames:
-        total = min(total, args.max_frames) if total > 0 else 0
-    fps_in = capture.get(cv2.CAP_PROP_FPS) or 30.0
+    """CSV rows for every analysed frame and face of a video file or camera, and its timing stats.
+
+    A camera (and a file with --realtime) is read in its own thread and the newest frame is always taken; a file
+    is read frame by frame, every frame taken. Ctrl-C (or q in the --show window) ends it after the frame in
+    progress, with the rows and the annotated video complete up to there.
+    """
+    capture, fps_in, total = open_capture(cv2, src)
+    live = src.kind == "camera" or args.realtime
+    # A camera paces itself; a file under --realtime is released at its own frame rate.
+    reader = realtime.NewestFrame(capture.read, 0.0 if src.kind == "camera" else fps_in) if live \
+        else realtime.InOrder(capture.read)
+    output = VideoOutput(cv2, names(src.rel, ".mp4"), fps_in) if names is not None else None
+    finder = realtime.FaceFinder(detector, args.detect_every, args.track)
     tracker = FaceTracker(alpha=args.smooth, max_missed=10 * args.every)
-    stats, rows, writer, tmp_path, out_path = VideoStats(), [], None, None, None
-    meter = utils.Progress(total, src.name) if total > 0 else None
-    start = last_print = time.perf_counter()
+    total = min(total, args.max_frames) if args.max_frames and total else total
+    stats, rows, shown = VideoStats(), [], []
+    meter = utils.Progress(total, src.name) if total > 0 and not live else None
     warm_before, model_before, calls_before = classifier.warmup_s, classifier.model_s, classifier.model_calls
-    shown: list[tuple[detectors.Box, str]] = []
+    window = None
+    start = last_print = time.perf_counter()
     try:
-        while not args.max_frames or stats.frames < args.max_frames:
-            ok, frame = capture.read()
-            if not ok:
-                break
-            index = stats.frames
-            stats.frames += 1
-            if index % args.every == 0:
-                shown = _analyse_frame(src.name, index, frame, classifier, detector, transform, tracker,
-                                       classes, args.margin, rows, stats)
-            if names is not None:
-                if writer is None:
-                    out_path = names(src.rel, ".mp4")
-                    out_path.parent.mkdir(parents=True, exist_ok=True)
-                    tmp_path = out_path.with_name(f".{out_path.stem}.{os.getpid()}.tmp.mp4")
-                    writer = cv2.VideoWriter(str(tmp_path), cv2.VideoWriter_fourcc(*"mp4v"), fps_in,
-                                             (frame.shape[1], frame.shape[0]))
-                    if not writer.isOpened():
-                        raise utils.UserError(f"cannot write video {tmp_path} (mp4v codec missing from OpenCV?)")
-                annotated = draw_faces(Image.fromarray(frame[:, :, ::-1]), shown)
-                writer.write(np.ascontiguousarray(np.asarray(annotated)[:, :, ::-1]))
-            if meter is not None:
-                meter.step()
-            elif time.perf_counter() - last_print >= 5.0:
-                last_print = time.perf_counter()
-                print(f"{src.name}: {stats.frames} frames, {stats.frames / (last_print - start):.1f} FPS", flush=True)
-    except BaseException as err:
-        if not (camera and isinstance(err, KeyboardInterrupt)):  # Ctrl-C is how a camera session ends
-            _discard(tmp_path)
-            raise
-        print(f"{src.name}: stopped after {stats.frames} frames", flush=True)
+        window = Window(cv2, f"predict.py {src.name} (q: quit)") if args.show else None
+        with realtime.stop_on_interrupt() as stop, reader:
+            print(f"{src.name}: " + ("always the newest frame" if live else "every frame") + "; Ctrl-C"
+                  + (" or q" if window else "") + " stops, keeping what was done", flush=True)
+            for frame in reader.frames(stop):
+                if stats.frames % args.every == 0:
+                    shown = _analyse_frame(src.name, frame, classifier, finder, transform, tracker, classes,
+                                           args.margin, rows, stats)
+                stats.frames += 1
+                if output is not None or window is not None:
+                    annotated = np.ascontiguousarray(np.asarray(
+                        draw_faces(Image.fromarray(frame.image[:, :, ::-1]), shown))[:, :, ::-1])
+                    if output is not None:
+                        output.write(annotated)
+                    if window is not None and window.show(annotated):
+                        stop.set()
+                stats.latencies.append(time.perf_counter() - frame.captured)
+                if meter is not None:
+                    meter.step()
+                elif time.perf_counter() - last_print >= 5.0:
+                    last_print = time.perf_counter()
+                    print(f"{src.name}: {stats.frames} frames, {stats.frames / (last_print - start):.1f} FPS",
+                          flush=True)
+                if stats.frames == args.max_frames:
+                    break
+            stats.stopped = stop.is_set()
+    except BaseException:
+        if output is not None:
+            output.discard()
+        raise
     finally:
-        capture.release()
-        if writer is not None:
-            writer.release()
-    if stats.frames == 0:
-        raise utils.UserError(f"cannot read {'camera ' + src.path if camera else 'video ' + src.path}: "
-                              "no frame could be decoded")
-    if writer is not None:
-        os.replace(tmp_path, out_path)  # the video only appears under its name once complete
+        capture.release()  # after the reading thread has stopped (leaving `with reader` waits for it)
+        if window is not None:
+            window.close()
+    if stats.frames == 0 and not stats.stopped:
+        raise utils.UserError(f"cannot read {'camera ' + src.path if src.kind == 'camera' else 'video ' + src.path}"
+                              ": no frame could be decoded")
+    if output is not None:
+        output.finish()  # nothing to do when no frame was written
     stats.seconds = time.perf_counter() - start
+    stats.dropped, stats.whole, stats.followed = reader.dropped, finder.whole, finder.followed
     stats.model_s = classifier.model_s - model_before
     stats.model_calls = classifier.model_calls - calls_before
     stats.warmup_s = classifier.warmup_s - warm_before
     return rows, stats
 
 
-def _discard(path: Path | None) -> None:
-    """Remove a half-written temporary video, if there is one."""
-    if path is not None:
-        path.unlink(missing_ok=True)
-
-
-def _analyse_frame(name: str, index: int, frame: np.ndarray, classifier: FaceClassifier,
-                   detector: detectors.FaceDetector, transform: Callable[[Image.Image], torch.Tensor],
-                   tracker: FaceTracker, classes: Sequence[str], margin: float, rows: list[list[Any]],
-                   stats: VideoStats) -> list[tuple[detectors.Box, str]]:
-    """Detect, classify (one batch), track and smooth the faces of one BGR frame; appends rows, returns captions."""
-    height, width = frame.shape[:2]
+def _analyse_frame(name: str, frame: realtime.Frame, classifier: FaceClassifier, finder: realtime.FaceFinder,
+                   transform: Callable[[Image.Image], torch.Tensor], tracker: FaceTracker, classes: Sequence[str],
+                   margin: float, rows: list[list[Any]], stats: VideoStats) -> list[tuple[detectors.Box, str]]:
+    """Find, classify (one batch), track and smooth the faces of one BGR frame; appends rows, returns captions."""
+    image = frame.image
+    height, width = image.shape[:2]
     start = time.perf_counter()
-    boxes = detector(frame[:, :, ::-1])  # BGR -> RGB view
+    boxes = finder(image[:, :, ::-1])  # BGR -> RGB view
     stats.detect_s += time.perf_counter() - start
     stats.analysed += 1
     if boxes:
@@ -509,15 +622,185 @@ def _analyse_frame(name: str, index: int, frame: np.ndarray, classifier: FaceCla
         for box in boxes:
             x, y, w, h = expand_box(box, margin, width, height)
             # BGR -> RGB, the channel order the model was trained on (PIL-decoded images).
-            crops.append(transform(Image.fromarray(np.ascontiguousarray(frame[y:y + h, x:x + w, ::-1]))))
+            crops.append(transform(Image.fromarray(np.ascontiguousarray(image[y:y + h, x:x + w, ::-1]))))
         probs = classifier(torch.stack(crops))
     else:
         probs = np.zeros((0, len(classes)))
-    tracks = tracker.update(index, boxes, probs)
+    tracks = tracker.update(frame.index, boxes, probs)
     stats.faces += len(boxes)
     for box, track in zip(boxes, tracks):
-        rows.append(csv_row(name, index, track.id, box, track.probs, classes))
+        rows.append(csv_row(name, frame.index, track.id, box, track.probs, classes))
     return [(box, caption(track.probs, classes, track.id)) for box, track in zip(boxes, tracks)]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# End-to-end measurement: --benchmark
+# ---------------------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PipelineMode:
+    """How --benchmark runs the model in one mode: the .pt checkpoint (eager, or models.make_fast with fast) or an
+    exported .onnx run by ONNX Runtime, which `export` makes in memory from the checkpoint when no file is given."""
+
+    onnx: bool
+    fast: bool = False
+    export: Callable[[str, torch.device], torch.nn.Module] | None = None
+    precision: str = "float32"  # what an .onnx file given to the mode must hold (its metadata's precision)
+
+
+def export_in_memory(ckpt: str, device: torch.device) -> torch.nn.Module:
+    """The checkpoint exported exactly as export.py exports it, kept in memory and run by ONNX Runtime."""
+    model, meta = models.load_model(ckpt, "cpu")
+    arch = meta["arch"]
+    blob = onnx_model.export_bytes(model.float(), arch, meta["experiment"], meta["metrics"], models.arch_img_size(arch))
+    return onnx_model.OnnxModel(blob, device).eval()
+
+
+# --benchmark's modes; MODE=FILE gives a mode its model file. A new mode is one entry. int8 needs its file
+# (export.py --int8): quantising needs calibration faces, which a checkpoint does not carry.
+PIPELINE_MODES: dict[str, PipelineMode] = {
+    "eager": PipelineMode(onnx=False),
+    "fast": PipelineMode(onnx=False, fast=True),
+    "onnx": PipelineMode(onnx=True, export=export_in_memory),
+    "int8": PipelineMode(onnx=True, precision="int8"),
+}
+# A face counts as kept when a box of the same frame overlaps the every-frame detection's box this much (the usual
+# detection criterion).
+KEPT_IOU = 0.5
+
+
+def benchmark_modes(text: str) -> list[tuple[str, str | None]]:
+    """argparse type: comma-separated modes, each MODE or MODE=FILE, e.g. eager,fast,onnx=model.onnx."""
+    modes = []
+    for item in (part.strip() for part in text.split(",") if part.strip()):
+        mode, _, file = item.partition("=")
+        if mode not in PIPELINE_MODES:
+            raise argparse.ArgumentTypeError(f"unknown mode {mode!r}: choose from {', '.join(PIPELINE_MODES)}")
+        modes.append((mode, file or None))
+    if not modes:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(PIPELINE_MODES)}")
+    return modes
+
+
+def _mode_file(mode: str, file: str | None, ckpt: str) -> str | None:
+    """The model file a --benchmark mode runs (None: export the checkpoint in memory), checked before any run."""
+    spec, path = PIPELINE_MODES[mode], file or ckpt
+    is_onnx = Path(path).suffix.lower() == ".onnx"
+    if spec.onnx:
+        onnx_model.require(f"--benchmark {mode}")  # a missing install fails now, not after the other modes' passes
+    if spec.onnx and file is None and not is_onnx and spec.export is not None:
+        return None
+    if is_onnx != spec.onnx:
+        raise utils.UserError(f"--benchmark {mode}: runs {'an .onnx model' if spec.onnx else 'a .pt checkpoint'}, "
+                              f"not {path}" + (f"; give one as {mode}=MODEL.onnx" if spec.onnx else ""))
+    if spec.onnx and onnx_model.load_any(path)[1]["precision"] != spec.precision:
+        raise utils.UserError(f"--benchmark {mode}: {path} is not a {spec.precision} model (see its metadata's "
+                              "precision)")
+    return path
+
+
+def _mode_model(mode: str, path: str | None, ckpt: str, device: torch.device) -> tuple[torch.nn.Module, dict, bool]:
+    """The model, its meta and whether to compile it, for one --benchmark mode running `path` (_mode_file)."""
+    if path is None:
+        print(f"{mode}: exporting {ckpt} to ONNX in memory", flush=True)
+        model = PIPELINE_MODES[mode].export(ckpt, device)
+        return model, onnx_model.meta_of(model, f"{ckpt} (exported in memory)"), False
+    model, meta = onnx_model.load_any(path, device)
+    return model, meta, PIPELINE_MODES[mode].fast
+
+
+def agreement(reference: Sequence[Sequence[Any]], rows: Sequence[Sequence[Any]]) -> tuple[float, float]:
+    """Of the faces in the reference rows (detection on every frame): the share a run found in the same frame
+    (IoU >= KEPT_IOU) and, of those, the share given the same label. Rows are predictions.csv rows."""
+    by_frame: dict[int, list[Sequence[Any]]] = {}
+    for row in rows:
+        by_frame.setdefault(row[1], []).append(row)
+    kept = agree = 0
+    for ref in reference:
+        scored = [(detectors.iou(tuple(ref[3:7]), tuple(row[3:7])), row) for row in by_frame.get(ref[1], [])]
+        best = max(scored, key=lambda pair: pair[0], default=(0.0, None))
+        if best[0] >= KEPT_IOU:
+            kept += 1
+            agree += best[1][7] == ref[7]
+    return (kept / len(reference) if reference else float("nan")), (agree / kept if kept else float("nan"))
+
+
+def run_benchmark(src: Source, cv2: Any, detector: detectors.FaceDetector, ckpt: str, device: torch.device,
+                  args: argparse.Namespace, out_dir: Path) -> list[dict[str, Any]]:
+    """The pipeline on one video once per --benchmark mode (plus, with --detect-every K > 1, the first mode with
+    detection on every frame, the reference for faces kept and labels agreeing); writes OUT/realtime.md, .json."""
+    runs = [(mode, _mode_file(mode, file, ckpt), args.detect_every) for mode, file in args.benchmark]
+    if args.detect_every > 1:
+        runs.insert(0, (runs[0][0], runs[0][1], 1))
+    results, reference, classes = [], None, None
+    for mode, path, every in runs:
+        model, meta, fast = _mode_model(mode, path, ckpt, device)
+        arch = meta["arch"]
+        if classes is not None and list(models.arch_classes(arch)) != classes:
+            raise utils.UserError(f"--benchmark {mode}: {path} has other classes than the first mode's model")
+        classes, img_size = list(models.arch_classes(arch)), models.arch_img_size(arch)
+        classifier = FaceClassifier(model, device, img_size, fast=fast, hflip=args.tta == "hflip", amp=args.amp)
+        classifier.warm_up(1)
+        transform = functools.partial(data.face_tensor, size=img_size, grayscale=models.arch_grayscale(arch))
+        run_args = argparse.Namespace(**{**vars(args), "detect_every": every, "show": False})
+        rows, stats = predict_video(src, cv2, classifier, detector, transform, classes, run_args, None)
+        print(stats.summary(f"{mode}, whole-frame detection every {every}"), flush=True)
+        reference = rows if reference is None else reference
+        kept, agree = agreement(reference, rows)
+        results.append({
+            "mode": mode, "model": path or "the checkpoint, exported in memory", "runtime": classifier.describe(),
+            "detect_every": every,
+            "track": args.track, "frames": stats.frames, "dropped": stats.dropped, "faces": stats.faces,
+            "whole_frame_detections": stats.whole, "detector_ms": 1000 * stats.detect_s / max(stats.analysed, 1),
+            "model_ms": 1000 * stats.model_s / stats.model_calls if stats.model_calls else None,
+            "fps": stats.fps(), "p50_ms": stats.latency_ms(50), "p95_ms": stats.latency_ms(95),
+            "faces_kept": kept, "labels_agree": agree})
+        del model, classifier
+        if stats.stopped:
+            break
+    _write_benchmark(results, src, cv2, detector, ckpt, device, args, out_dir)
+    return results
+
+
+def _write_benchmark(results: list[dict[str, Any]], src: Source, cv2: Any, detector: detectors.FaceDetector,
+                     ckpt: str, device: torch.device, args: argparse.Namespace, out_dir: Path) -> None:
+    """OUT/realtime.json and realtime.md: the table, the machine and the settings it was measured with."""
+    capture, fps_in, total = open_capture(cv2, src)
+    size = (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    capture.release()
+    total = min(total, args.max_frames) if args.max_frames else total
+    setting = {"video": src.name, "size": f"{size[0]}x{size[1]}", "frames": total, "fps": fps_in,
+               "realtime": args.realtime, "detector": detector.name, "min_face": args.min_face,
+               "max_side": args.max_side, "track": args.track, "device": models.device_name(device),
+               "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
+               "torch_threads": torch.get_num_threads(), "opencv": cv2.__version__,
+               "opencv_threads": cv2.getNumThreads(), "command": " ".join(["python", *sys.argv])}
+    utils.write_json(out_dir / "realtime.json", {"setting": setting, "rows": results})
+
+    def pct(value: float | None) -> str:
+        return "" if value is None or value != value else f"{100 * value:.1f} %"
+
+    lines = [f"End to end on {src.name} ({setting['size']}, {total} frames at {fps_in:g} fps"
+             + (", played in real time" if args.realtime else ", every frame") + f"); detector {detector.name} "
+             f"(min face {args.min_face} px, max side {args.max_side} px), --track {args.track}. Machine: "
+             f"{setting['device']}, {setting['cpu_capability']}; torch {torch.__version__}, {setting['torch_threads']} "
+             f"threads; OpenCV {cv2.__version__}, {setting['opencv_threads']} threads.", "",
+             "| mode | detection every | FPS end to end | p50 / p95 latency ms | detector ms/frame | model ms/frame "
+             "| faces kept | labels agree | frames (dropped) |", "|---|---|---|---|---|---|---|---|---|"]
+    for i, r in enumerate(results):
+        model_ms = "" if r["model_ms"] is None else f"{r['model_ms']:.1f}"
+        given = r["model"] not in (ckpt, "the checkpoint, exported in memory")
+        mode = r["mode"] + (f"={r['model']}" if given else "") + (" (reference)" if i == 0 else "")
+        lines.append(f"| {mode} | {r['detect_every']} | {r['fps']:.1f} | {r['p50_ms']:.1f} / {r['p95_ms']:.1f} "
+                     f"| {r['detector_ms']:.1f} | {model_ms} | {pct(r['faces_kept'])} | {pct(r['labels_agree'])} "
+                     f"| {r['frames']} ({r['dropped']}) |")
+    lines += ["", "Faces kept: of the faces the reference (detection on every frame) found, the share found in the "
+              f"same frame (IoU >= {KEPT_IOU}); labels agree: of those, the share with the same label. Command: "
+              f"`{setting['command']}`"]
+    text = "\n".join(lines) + "\n"
+    with utils.atomic_write(out_dir / "realtime.md") as f:
+        f.write(text)
+    print(text + f"wrote {out_dir / 'realtime.md'} and realtime.json", flush=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -533,7 +816,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="checkpoint written by train.py (best.pt), or a model exported by export.py (.onnx), which "
                         "ONNX Runtime runs (default: the released FER2013 model, pretrained/fer2013.pt)")
     p.add_argument("--camera", type=int, default=None, metavar="N",
-                   help="also read camera N (OpenCV index); stop with Ctrl-C or --max-frames")
+                   help="also read camera N (OpenCV index); stop with Ctrl-C, q in the --show window, or --max-frames")
     p.add_argument("--detect", action="store_true",
                    help="images: find faces first (default: each image is one face crop); videos always detect")
     p.add_argument("--detector", choices=tuple(detectors.DETECTORS), default=detectors.DEFAULT,
@@ -543,6 +826,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="hflip: average the logits of each face and its mirror")
     p.add_argument("--annotate", action="store_true",
                    help="also write copies with boxes and labels drawn to OUT/annotated/ (videos as mp4)")
+    p.add_argument("--show", action="store_true",
+                   help="videos and camera: show the annotated frames in a window; q in it ends (needs OpenCV with "
+                        "a GUI, not the -headless wheel)")
     p.add_argument("--out", default="results/predict", help="output folder (default: results/predict)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
@@ -557,11 +843,29 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="videos: p = ALPHA * p_previous + (1 - ALPHA) * p_frame per tracked face; 0 = off "
                         "(default: 0.6)")
     p.add_argument("--every", type=int, default=1, metavar="N", help="videos: analyse every N-th frame (default: 1)")
+    p.add_argument("--detect-every", type=int, default=DETECT_EVERY, metavar="K",
+                   help="videos and camera: search the whole frame for faces every K-th analysed frame and follow "
+                        f"the faces found in between (--track); 1 = every frame (default: {DETECT_EVERY})")
+    p.add_argument("--track", choices=tuple(realtime.TRACKS), default=realtime.DEFAULT_TRACK,
+                   help="between whole-frame searches: near = search again only around each face's last box, with a "
+                        "whole-frame search as soon as one is lost; hold = keep the last boxes "
+                        f"(default: {realtime.DEFAULT_TRACK})")
+    p.add_argument("--realtime", action="store_true",
+                   help="video files: play at the file's frame rate as a camera would deliver it, always taking the "
+                        "newest frame and dropping the ones the pipeline had no time for (default: every frame is "
+                        "analysed, as fast as the machine goes; a camera always drops)")
     p.add_argument("--max-frames", type=int, default=0, metavar="N",
                    help="videos and camera: stop after N frames (default: 0 = all)")
     p.add_argument("--margin", type=float, default=0.2,
                    help="detected faces: crop this fraction of the box more on each side (default: 0.2)")
     p.add_argument("--min-face", type=int, default=40, metavar="PX", help="smallest face to detect (default: 40)")
+    p.add_argument("--max-side", type=int, default=640, metavar="PX",
+                   help="the detector searches images and frames scaled down to at most PX on their longer side "
+                        "(default: 640)")
+    p.add_argument("--benchmark", type=benchmark_modes, default=None, metavar="MODES",
+                   help="measure the pipeline end to end on one video file, once per mode, instead of predicting: "
+                        f"a comma-separated list of {', '.join(PIPELINE_MODES)}, each optionally =MODEL_FILE; "
+                        "writes OUT/realtime.md and .json (see docs/export.md)")
     return p
 
 
@@ -570,24 +874,20 @@ def _check_args(args: argparse.Namespace) -> None:
     for flag, value, ok in (("--batch-size", args.batch_size, args.batch_size >= 1),
                             ("--workers", args.workers, args.workers >= 0),
                             ("--every", args.every, args.every >= 1),
+                            ("--detect-every", args.detect_every, args.detect_every >= 1),
                             ("--max-frames", args.max_frames, args.max_frames >= 0),
                             ("--smooth", args.smooth, 0.0 <= args.smooth < 1.0),
                             ("--margin", args.margin, 0.0 <= args.margin <= 1.0),
-                            ("--min-face", args.min_face, args.min_face >= 1)):
+                            ("--min-face", args.min_face, args.min_face >= 1),
+                            ("--max-side", args.max_side, args.max_side >= 32)):
         if not ok:
             raise utils.UserError(f"{flag} {value}: out of range (see --help)")
 
 
-def main(args: argparse.Namespace) -> None:
-    """Predict on every input and write OUT/predictions.csv (+ annotated copies)."""
-    _check_args(args)
-    ckpt = args.ckpt or str(RELEASED_MODEL)
-    if args.ckpt is None:
-        print(f"no --ckpt: using the released FER2013 model {RELEASED_MODEL} (7 classes, 48 px grayscale; see "
-              "pretrained/README.md)", flush=True)
-    out_dir = Path(args.out)
+def _readable_inputs(args: argparse.Namespace, out_dir: Path) -> tuple[list[Source], Any, list[str]]:
+    """The inputs that can be read, OpenCV (None when nothing needs it) and one line per input that cannot.
+    A single input that cannot be read is a UserError of its own (nothing else to do)."""
     sources = collect_sources(args.inputs, args.camera, out_dir)
-    images = [s for s in sources if s.kind == "image"]
     videos = [s for s in sources if s.kind != "image"]
     # OpenCV is checked before the model loads, so a missing install costs the user no waiting.
     cv2 = None
@@ -595,19 +895,45 @@ def main(args: argparse.Namespace) -> None:
         cv2 = detectors.import_cv2("--camera" if videos[0].kind == "camera" else f"video input {videos[0].name}")
     if args.detect:
         cv2 = detectors.import_cv2("--detect")
-    detector = detectors.build(args.detector, cv2, min_face=args.min_face) if cv2 is not None else None
+    if args.show:
+        check_window(detectors.import_cv2("--show"))
+    # Unreadable inputs are found before the model loads; one bad file among many does not stop the others.
+    problems = {src: problem for src in sources if (problem := input_problem(src, cv2)) is not None}
+    if problems and len(sources) == 1:
+        raise utils.UserError(problems[sources[0]])
+    for problem in problems.values():
+        print(f"skipped: {problem}", file=sys.stderr, flush=True)
+    readable = [s for s in sources if s not in problems]
+    if not readable:
+        raise utils.UserError(f"none of the {len(sources)} inputs could be read (each named above)")
+    return readable, cv2, list(problems.values())
+
+
+def main(args: argparse.Namespace) -> None:
+    """Predict on every input and write OUT/predictions.csv (+ annotated copies); or --benchmark."""
+    _check_args(args)
+    ckpt = args.ckpt or str(RELEASED_MODEL)
+    if args.ckpt is None:
+        print(f"no --ckpt: using the released FER2013 model {RELEASED_MODEL} (7 classes, 48 px grayscale; see "
+              "pretrained/README.md)", flush=True)
+    out_dir = Path(args.out)
     onnx = Path(ckpt).suffix.lower() == ".onnx"
     if onnx and args.fast == "on":
         raise utils.UserError("--fast on: the compiled path is for .pt checkpoints; an .onnx model runs through "
                               "ONNX Runtime (drop --fast)")
-    # Unreadable inputs fail before the model loads, not halfway through the work.
-    for src in images:
-        image_size(src.path)
-    for src in videos:
-        if src.kind == "video":
-            check_video(cv2, src.path)
-
+    sources, cv2, problems = _readable_inputs(args, out_dir)
+    images = [s for s in sources if s.kind == "image"]
+    videos = [s for s in sources if s.kind != "image"]
+    detector = (detectors.build(args.detector, cv2, min_face=args.min_face, max_side=args.max_side)
+                if cv2 is not None else None)
     device = models.resolve_device(args.device)
+    if args.benchmark is not None:
+        if problems or len(sources) != 1 or sources[0].kind != "video":
+            raise utils.UserError("--benchmark measures one video file: give exactly one (e.g. the test clip, "
+                                  "python datasets.py clip --out clip.mp4)")
+        run_benchmark(sources[0], cv2, detector, ckpt, device, args, out_dir)
+        return
+
     model, meta = onnx_model.load_any(ckpt, device)
     arch = meta["arch"]
     img_size = models.arch_img_size(arch)
@@ -620,26 +946,33 @@ def main(args: argparse.Namespace) -> None:
     grayscale = models.arch_grayscale(arch)
     rows = predict_images(images, model, device, img_size, grayscale, classes, args,
                           detector if args.detect else None, names) if images else []
+    stopped = None  # the video file Ctrl-C or q cut short, if one was
     if videos:
         classifier = FaceClassifier(model, device, img_size, fast=not onnx and use_fast_path(args.fast, device),
                                     hflip=args.tta == "hflip", amp=args.amp)
         classifier.warm_up(1)  # the common case, one face, is ready before the clock starts
         print(f"model path: {classifier.describe()} (ready in {classifier.warmup_s:.1f} s)", flush=True)
         transform = functools.partial(data.face_tensor, size=img_size, grayscale=grayscale)
-        for src in videos:
+        for i, src in enumerate(videos):
             video_rows, stats = predict_video(src, cv2, classifier, detector, transform, classes, args, names)
             rows += video_rows
             print(stats.summary(src.name), flush=True)
+            if stats.stopped:  # Ctrl-C or q ends the session: the rest is skipped
+                stopped = (src, stats.frames, len(videos) - i - 1)
+                break
 
     csv_path = out_dir / "predictions.csv"
     utils.write_csv(csv_path, csv_columns(classes), rows)
     print(f"wrote {csv_path} ({len(rows)} rows)" + (f" and annotated copies in {names.root}" if names else ""),
           flush=True)
+    if stopped is not None and (stopped[0].kind != "camera" or stopped[2]):
+        raise utils.UserError(f"stopped by Ctrl-C or q after {stopped[1]} frames of {stopped[0].name}"
+                              + (f" ({stopped[2]} more videos skipped)" if stopped[2] else "")
+                              + f"; {csv_path} holds every frame analysed up to there")
+    if problems:
+        raise utils.UserError(f"{len(problems)} of {len(problems) + len(sources)} inputs could not be read (each "
+                              f"named above); {csv_path} holds the other {len(sources)}")
 
 
 if __name__ == "__main__":
-    args = get_args_parser().parse_args()
-    try:
-        main(args)
-    except utils.UserError as err:
-        sys.exit(f"error: {err}")
+    utils.run_cli(main, get_args_parser())
