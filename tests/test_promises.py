@@ -5,6 +5,7 @@ The behaviour behind each number is tested where it lives (tests/test_export.py 
 sending real signals, test_stats.py counting 2,000 resamples, test_predict.py measuring the 20 % margin, ...), with
 the same literals; this file ties those literals to the words of the pages.
 """
+import argparse
 import inspect
 import os
 import signal
@@ -30,15 +31,18 @@ def page(name: str) -> str:
     return " ".join((ROOT / name).read_text(encoding="utf-8").split())
 
 
-def train_defaults():
+def train_defaults() -> argparse.Namespace:
+    """train.py's flags with only the required ones given."""
     return train.get_args_parser().parse_args(["--train-csv", "t.csv", "--val-csv", "v.csv", "--model", "resnet50"])
 
 
-def export_defaults():
+def export_defaults() -> argparse.Namespace:
+    """export.py's flags with only the required ones given."""
     return export.get_args_parser().parse_args(["--ckpt", "best.pt", "--out", "model.onnx"])
 
 
 def hybrid_dropout() -> float:
+    """The dropout of the hybrid's Transformer block."""
     with torch.device("meta"):
         return models.build_model("convnext_tiny_transformer", weights="none").blocks[0].dropout.p
 

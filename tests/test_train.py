@@ -6,6 +6,7 @@ compute overlap on a 2-core machine; each test then waits for the run it checks.
 thesis's run3 recipe (focal + alpha, EMA, warmup, clipping) on ResNet50, the most state to resume. A test that
 changes a run's folder works on its own copy (linked_copy), so no test depends on another or on their order.
 """
+import argparse
 import csv
 import json
 import os
@@ -131,7 +132,7 @@ def linked_copy(run: Path, to: Path) -> Path:
     return to
 
 
-def parse(argv: list[str]):
+def parse(argv: list[str]) -> argparse.Namespace:
     """train.py's arguments from a command() list."""
     return train.get_args_parser().parse_args(argv[1:])
 
@@ -460,6 +461,7 @@ LIVE = ("--model", "vgg_face48", "--weights", "none", "--img-size", "48", "--bat
 
 
 def live_command(demo_data, small: dict, out: Path, *flags: str) -> list[str]:
+    """train.py on the whole demo training set with the LIVE recipe."""
     return ["train.py", "--train-csv", str(demo_data[0]), "--val-csv", small["val"], "--data-root", small["root"],
             *LIVE, "--out", str(out), *flags]
 
@@ -563,6 +565,7 @@ def mounted(demo_data, small, tmp_path_factory) -> Path:
 
 
 def mounted_result(base: Path, name: str) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of one of the `mounted` runs."""
     return tuple([int((base / f"{name}.code").read_text())] +
                  [(base / f"{name}.{stream}").read_text() for stream in ("out", "err")])
 
