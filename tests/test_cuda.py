@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -91,7 +90,7 @@ def test_benchmark_rows_on_cuda(tmp_path):
 def test_one_process_nccl_run_under_torchrun(small, tmp_path):
     out = tmp_path / "ddp"
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "train.py",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "train.py",
          "--train-csv", small["train"], "--val-csv", small["val"], "--model", "resnet50", "--weights", "none",
          "--img-size", str(IMG), "--batch-size", "8", "--epochs", "1", "--workers", "0", "--device", "cuda",
          "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600,

@@ -13,10 +13,9 @@ from PIL import Image
 import data
 import ensemble_tta
 import evaluate
-import metrics
 import models
 import utils
-from conftest import call
+from conftest import call, heatmap_values
 
 ROOT = Path(__file__).resolve().parent.parent
 IMG = 64
@@ -33,6 +32,14 @@ MATRIX = [
     [0, 1, 0, 0, 0, 1, 5, 0],
     [0, 0, 0, 0, 0, 0, 0, 0],
 ]
+# Thesis Table 6 (accuracy, macro-F1), the numbers the rescue table prints beside ours: literals, so a change to the
+# code's copy of them shows here.
+TABLE6 = {
+    "single checkpoint, no TTA": (0.5796, 0.5704),
+    "single checkpoint, h-flip TTA": (0.5776, 0.5677),
+    "checkpoint ensemble, no TTA": (0.5799, 0.5714),
+    "checkpoint ensemble + h-flip TTA": (0.5821, 0.5741),
+}
 
 
 def run(script: str, *args) -> subprocess.CompletedProcess:
@@ -132,9 +139,12 @@ def test_rescore_reproduces_hand_computed_metrics(tmp_path):
     with open(tmp_path / "out" / "confusion_matrix.csv", newline="") as f:
         rows = list(csv.reader(f))
     assert rows[0][1:] == list(utils.AFFECTNET8) and [list(map(int, r[1:])) for r in rows[1:]] == MATRIX
-    for png in ("confusion_matrix.png", "confusion_matrix_normalized.png"):
+    for png, shows in (("confusion_matrix.png", np.array(MATRIX) / np.max(MATRIX)),
+                       ("confusion_matrix_normalized.png", np.array(got["confusion_matrix_normalized"]))):
         with Image.open(tmp_path / "out" / png) as image:
             assert image.format == "PNG" and min(image.size) > 8 * 60
+            # The picture shows the matrix: each cell's colour, read off the colour bar, is its value.
+            np.testing.assert_allclose(heatmap_values(image, 8), shows, atol=0.02)
     assert not (tmp_path / "out" / "predictions.csv").exists()  # only written when a model made the predictions
 
 
@@ -152,6 +162,33 @@ def test_self_ensemble_equals_single_checkpoint(checkpoints, small_val):
     assert torch.equal(pair.average(), alone)
     assert torch.equal(pair.average(hflip=True), alone_tta)
     assert not torch.equal(alone_tta, alone)
+
+
+@pytest.fixture(scope="module")
+def alone(checkpoints, demo_data) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Each of checkpoints A and B run by itself on the demo validation set: (logits, mirrored logits, labels), in
+    the batches the ensemble code uses (images and mirrors in one forward, 128 at a time)."""
+    samples = data.read_index(demo_data[1])
+    loader = data.make_loader(data.FaceDataset(samples, img_size=IMG), batch_size=128, workers=0)
+    views = {}
+    for name in ("A", "B"):
+        model, _ = models.load_model(checkpoints[name])
+        views[name] = models.predict_views(model, loader, torch.device("cpu"), hflip=True)
+    return views
+
+
+def test_ensemble_of_two_checkpoints_is_the_mean_of_their_logits(checkpoints, demo_data, alone):
+    pair = evaluate.infer_checkpoints([str(checkpoints["A"]), str(checkpoints["B"])], str(demo_data[1]), workers=0,
+                                      device="cpu", hflip=True)
+    (a, a_flip, labels), (b, b_flip, _) = alone["A"], alone["B"]
+    assert torch.equal(pair.labels, labels)
+    # Two different models (ResNet50 and ConvNeXt-Tiny): an "average" that kept either one would show.
+    assert (a - b).abs().max() > 0.1 and (a - a_flip).abs().max() > 0.01
+    exact = {"rtol": 0, "atol": 1e-6}
+    torch.testing.assert_close(pair.average(), (a + b) / 2, **exact)
+    torch.testing.assert_close(pair.average(hflip=True), (a + a_flip + b + b_flip) / 4, **exact)
+    torch.testing.assert_close(pair.average(1), a, **exact)
+    torch.testing.assert_close(pair.average(1, hflip=True), (a + a_flip) / 2, **exact)
 
 
 def symmetric_images(folder: Path, count: int) -> Path:
@@ -189,18 +226,38 @@ def test_flip_tta_on_symmetric_images_equals_no_tta(checkpoints, small_val, tmp_
     assert model.training is False
 
 
-def test_table_writes_four_configurations(table_run):
+def test_table_writes_four_configurations(table_run, alone):
     stdout, out = table_run
     with open(out / "rescue_table.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [r["configuration"] for r in rows] == list(metrics.THESIS_RESCUE)
+    assert [r["configuration"] for r in rows] == list(TABLE6)
+    (a, a_flip, labels), (b, b_flip, _) = alone["A"], alone["B"]
+    # What each row must be, from the two checkpoints run separately: the first one alone, then the mean of both,
+    # each without and with its mirror.
+    expected = {"single checkpoint, no TTA": a, "single checkpoint, h-flip TTA": (a + a_flip) / 2,
+                "checkpoint ensemble, no TTA": (a + b) / 2,
+                "checkpoint ensemble + h-flip TTA": (a + a_flip + b + b_flip) / 4}
+    shown = {}
     for row in rows:
-        thesis_acc, thesis_f1 = metrics.THESIS_RESCUE[row["configuration"]]
+        thesis_acc, thesis_f1 = TABLE6[row["configuration"]]
         assert float(row["thesis_accuracy"]) == thesis_acc and float(row["thesis_macro_f1"]) == thesis_f1
+        logits = expected[row["configuration"]]
+        with open(out / row["report"] / "predictions.csv", newline="") as f:
+            predictions = list(csv.DictReader(f))
+        shown[row["configuration"]] = probs = torch.tensor(
+            [[float(r[f"prob_{c}"]) for c in utils.AFFECTNET8] for r in predictions], dtype=torch.float64)
+        torch.testing.assert_close(probs, logits.softmax(dim=1).double(), rtol=0, atol=2e-6)
+        assert float(row["accuracy"]) == pytest.approx((logits.argmax(dim=1) == labels).double().mean().item(),
+                                                       abs=1e-6)
         report = json.loads((out / row["report"] / "metrics.json").read_text())
         assert float(row["accuracy"]) == pytest.approx(report["accuracy"], abs=1e-6)
         assert float(row["macro_f1"]) == pytest.approx(report["macro_f1"], abs=1e-6)
         assert (out / row["report"] / "confusion_matrix_normalized.png").is_file()
+    # The four rows are four different predictions: no configuration silently repeats another.
+    names = list(shown)
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            assert (shown[first] - shown[second]).abs().max() > 1e-3, (first, second)
     table_lines = [line for line in (out / "rescue_table.md").read_text().splitlines() if line.startswith("| ")]
     assert len(table_lines) == 1 + 4  # header + four configurations
     assert "exp_a + exp_b" in stdout

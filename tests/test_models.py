@@ -2,7 +2,6 @@
 import os
 import pickle
 import random
-import time
 import urllib.error
 
 import pytest
@@ -11,6 +10,7 @@ from torch import nn
 
 import models
 import utils
+from conftest import Payload
 
 ARCH = {"img_size": 64, "classes": list(utils.AFFECTNET8)}
 # Table 7, exact counts behind the rounded millions.
@@ -73,7 +73,7 @@ def test_forward_64px(built, images, name):
 
 def test_hybrid_any_multiple_of_32_and_channels_last(built):
     hybrid = built["convnext_tiny_transformer"]
-    x = torch.randn(2, 3, 64, 96)
+    x = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         plain = hybrid(x)
         hybrid.to(memory_format=torch.channels_last)
@@ -139,16 +139,6 @@ def test_compiled_and_ddp_prefixes_are_accepted(built, images, tmp_path):
     assert list(models.strip_prefixes(dict.fromkeys(keys))) == ["fc.weight", "fc.bias", "fc.module_x"]
 
 
-class Payload:
-    """Unpickling this calls open(marker, "w"), i.e. creates the marker file."""
-
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 def test_pickled_code_is_refused_and_never_runs(tmp_path):
     marker = tmp_path / "payload_ran"
     evil = {"format": "fer-checkpoint", "version": 1, "arch": arch_of("resnet50"), "model": {},
@@ -205,12 +195,10 @@ def test_imagenet_without_cache_or_network_fails_clearly(name, tmp_path, monkeyp
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
     backbone = "resnet50" if name == "resnet50" else "convnext_tiny"
     file_name = os.path.basename(models.BACKBONES[backbone].weights.url)
-    start = time.perf_counter()
     with pytest.raises(models.CheckpointError) as err:
         models.build_model(name, weights="imagenet")
-    assert time.perf_counter() - start < 5  # fails before building anything, and never waits on a network
     message = str(err.value)
-    assert urls == [models.BACKBONES[backbone].weights.url]
+    assert urls == [models.BACKBONES[backbone].weights.url]  # one try of the download, which fails at once
     assert str(tmp_path / "torch" / "hub" / "checkpoints" / file_name) in message
     assert "--weights none" in message and "--weights PATH" in message and "\n" not in message
 
@@ -234,7 +222,7 @@ def test_backbone_weights_from_a_path(built, tmp_path, capsys):
     state = dict(convnext.state_dict())  # torchvision format; its head (8 classes here) is ignored
     del state["features.0.0.bias"]
     state["extra.weight"] = torch.zeros(3)
-    state["classifier.0.weight"] = torch.rand(768)
+    state["classifier.0.weight"] = torch.rand(768, generator=torch.Generator().manual_seed(2))
     torch.save(state, tmp_path / "backbone.pth")
     hybrid = models.build_model("convnext_tiny_transformer", weights=str(tmp_path / "backbone.pth"))
     report = capsys.readouterr().out
@@ -291,7 +279,7 @@ def test_resolve_device(monkeypatch):
 
 
 def test_autocast():
-    a = torch.randn(4, 4)
+    a = torch.randn(4, 4, generator=torch.Generator().manual_seed(3))
     with models.autocast("cpu", enabled=False):
         assert (a @ a).dtype == torch.float32
     with models.autocast(torch.device("cpu"), enabled=True):

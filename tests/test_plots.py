@@ -1,10 +1,15 @@
-"""plots.py: training curves and the accuracy-efficiency trade-off are valid PNGs drawn from the numbers given."""
+"""plots.py: training curves, confusion-matrix heatmaps and the accuracy-efficiency trade-off are valid PNGs that
+show the numbers given (read back from their pixels)."""
 import numpy as np
+import pytest
 from PIL import Image
 
 import plots
-from conftest import png_size
+from conftest import epoch_columns, heatmap_values, plotted_line, png_size, vertical_line_columns
 from metrics import THESIS_RUNS
+from utils import AFFECTNET8
+
+MARKER = (110, 110, 110)  # the dashed best-epoch line
 
 
 def history(f1: list[float]) -> list[dict]:
@@ -38,6 +43,46 @@ def test_curves_follow_the_numbers_and_mark_the_best_epoch():
     # The best-epoch marker moves with the best epoch.
     assert not np.array_equal(np.asarray(plots.draw_curves(history([0.1, 0.3, 0.5, 0.7]), 2, "run")),
                               np.asarray(rising))
+
+
+def test_a_falling_loss_is_drawn_falling_and_the_marker_sits_on_the_best_epoch():
+    rows = history([0.2, 0.35, 0.5, 0.45, 0.4])  # losses 2.0 / e and 2.2 / e: falling every epoch
+    for best in (1, 3, 5):
+        image = plots.draw_curves(rows, best, "run")
+        columns, line = plotted_line(image, plots.SERIES_COLOURS[0], half=0)  # train loss, left panel
+        assert len(columns) > 100
+        # Sampled along the line between the end dots, each column's pixels sit no higher than the last.
+        inner = (columns > columns.min() + 6) & (columns < columns.max() - 6)
+        assert np.all(np.diff(line[inner]) >= -1) and line[inner][-1] - line[inner][0] > 100
+        for half, colour in ((0, plots.SERIES_COLOURS[0]), (1, plots.SERIES_COLOURS[3])):
+            x = epoch_columns(plotted_line(image, colour, half)[0], epochs=5)
+            marker = vertical_line_columns(image, MARKER, half)
+            assert len(marker) and np.abs(marker - x[best - 1]).max() <= 2, (best, half, marker, x)
+
+
+# Rows true, columns predicted; the largest entry off the diagonal and alone, so a transposed or mirrored
+# picture would show it elsewhere.
+HEATMAP = np.array([[5, 1, 0, 0], [0, 2, 11, 0], [1, 0, 7, 3], [0, 4, 0, 6]])
+
+
+@pytest.mark.parametrize("normalized", [False, True])
+def test_the_heatmap_shows_its_matrix(normalized):
+    matrix = HEATMAP / HEATMAP.sum(axis=1, keepdims=True) if normalized else HEATMAP
+    image = plots.draw_confusion_matrix(matrix, ["a", "b", "c", "d"], "title", "subtitle", normalized)
+    shown = heatmap_values(image, 4)
+    # Raw counts fill the colour bar up to the largest count; row-normalised values up to 1.
+    expected = matrix if normalized else matrix / matrix.max()
+    np.testing.assert_allclose(shown, expected, atol=0.02)
+    assert np.unravel_index(shown.argmax(), shown.shape) == (1, 2)  # the most intense cell is the largest entry
+
+
+def test_the_heatmap_of_eight_classes_shows_its_matrix():
+    matrix = np.arange(64).reshape(8, 8) % 11  # many levels, the largest (10) at (1, 2) and (2, 5) ...
+    matrix[6, 1] = 25  # ... until one cell alone tops the scale
+    image = plots.draw_confusion_matrix(matrix, AFFECTNET8, "title", "subtitle", normalized=False)
+    shown = heatmap_values(image, 8)
+    np.testing.assert_allclose(shown, matrix / 25, atol=0.02)
+    assert np.unravel_index(shown.argmax(), shown.shape) == (6, 1)
 
 
 def test_tradeoff_places_each_point_by_its_latency_and_macro_f1():

@@ -80,7 +80,7 @@ def test_bootstrap_resamples_images_and_scores_like_compute_metrics():
     labels, preds = noisy(300, 0.5, seed=1)
     preds[preds == 7] = 6  # contempt never predicted: its F1 is 0, and it still counts in the macro mean
     counts = metrics.bootstrap_confusions(labels, preds[None], 8)
-    assert counts.shape == (1, metrics.BOOTSTRAP_RESAMPLES, 8, 8)
+    assert counts.shape == (1, 2000, 8, 8)  # docs/statistics.md: 2,000 resamples
     assert np.all(counts.sum(axis=(2, 3)) == 300)  # each resample draws as many images as the set holds
     observed = np.zeros((8, 8))
     np.add.at(observed, (labels, preds), 1)
@@ -145,6 +145,8 @@ def test_fixing_ten_percent_of_the_errors_is_significant(tmp_path):
     assert result["accuracy_diff"] == pytest.approx(len(fixed) / 1000)
     assert result["accuracy_diff_ci95"][0] > 0 and result["macro_f1_diff_ci95"][0] > 0
     assert result["accuracy_p"] < 0.01 and result["macro_f1_p"] < 0.01
+    # No resample comes near zero: the smallest p-value there is, 1 / 2,001 (docs/statistics.md).
+    assert result["accuracy_p"] == 1 / 2001 and result["bootstrap"] == {"resamples": 2000, "seed": 0}
     assert result["mcnemar_p"] == pytest.approx(2 * 0.5 ** len(fixed))  # b = 0 of n = 50 discordant pairs
     # Swapped sides: the same evidence, the sign flips.
     swapped = compare_files(a, b, tmp_path / "swapped")

@@ -1,9 +1,12 @@
-"""train.py (issue 4): outputs, determinism, resume after SIGTERM, NaN stop, early stopping, DDP, bad input.
+"""train.py (issue 4): outputs, determinism, resume after SIGTERM, NaN stop, early stopping, DDP, bad input; real
+SIGINT / SIGHUP, a full and a read-only disk, a hostile --weights file.
 
 Every training run of this file starts at once in the `runs` fixture, single-threaded, so imports and
 compute overlap on a 2-core machine; each test then waits for the run it checks. The runs use the
-thesis's run3 recipe (focal + alpha, EMA, warmup, clipping) on ResNet50, the most state to resume.
+thesis's run3 recipe (focal + alpha, EMA, warmup, clipping) on ResNet50, the most state to resume. A test that
+changes a run's folder works on its own copy (linked_copy), so no test depends on another or on their order.
 """
+import argparse
 import contextlib
 import csv
 import json
@@ -12,7 +15,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from collections import Counter
@@ -28,6 +30,7 @@ import models
 import plots
 import train
 import utils
+from conftest import Payload, epoch_columns, plotted_line, vertical_line_columns
 
 ROOT = Path(__file__).resolve().parent.parent
 # Images kept per class from the demo set: 16 training images (2 steps of 8), 8 validation images.
@@ -94,12 +97,6 @@ def spawn(argv: list[str]) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def runs(small, tmp_path_factory):
     base = tmp_path_factory.mktemp("runs")
@@ -112,9 +109,9 @@ def runs(small, tmp_path_factory):
         "workers": spawn(command(small, base / "workers", "--workers", "2")),
         "nan": spawn(command(small, base / "nan", "--debug-nan-at-step", str(STEPS + 2))),
         # Also the early-stopping run: lr 0 on ConvNeXt (no BatchNorm statistics to drift) cannot improve,
-        # so with --patience 1 it must stop after epoch 2, and all ranks must agree to.
-        "ddp": spawn(["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-                      f"--master_port={free_port()}",
+        # so with --patience 1 it must stop after epoch 2, and all ranks must agree to. --standalone: torchrun's
+        # own rendezvous store binds a port the system picks (no port chosen here, then taken by another process).
+        "ddp": spawn(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                       *command(small, base / "ddp", "--model", "convnext_tiny", "--lr", "0", "--patience", "1",
                                "--epochs", "4", "--sampler", "balanced")]),
     }
@@ -125,6 +122,20 @@ def runs(small, tmp_path_factory):
             proc.wait()
     for checkpoint in base.rglob("*.pt"):  # ~0.5 GB per run; pytest keeps the folders of a failed session
         checkpoint.unlink()
+
+
+def linked_copy(run: Path, to: Path) -> Path:
+    """A run folder for a test that may change it: checkpoints hard-linked (train.py only ever replaces them, never
+    writes into them), every other file copied (train.log is appended to, .lock rewritten)."""
+    to.mkdir()
+    for file in run.iterdir():
+        (os.link if file.suffix == ".pt" else shutil.copy2)(file, to / file.name)
+    return to
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """train.py's arguments from a command() list."""
+    return train.get_args_parser().parse_args(argv[1:])
 
 
 def read_history(out: Path) -> list[dict]:
@@ -170,11 +181,13 @@ def test_sigterm_mid_epoch_then_a_full_disk_then_resume_ends_exactly_like_an_uni
     assert len(read_history(out)) == 1
 
     # Resumed on a "full disk": the first checkpoint write fails; one line names the file and the reason.
+    best = (out / "best.pt").read_bytes()
     full = resume(small, out, limit_kb=20_000)  # below best.pt's ~94 MB
     assert_one_line_error((full.returncode, full.stdout, full.stderr))
     assert re.search(r"cannot write \S+/(best|last)\.pt: File too large", full.stderr), full.stderr
     assert "resume with: python" in full.stderr
     assert models.load_checkpoint(out / "last.pt")["train_state"]["partial"]["step"] == 1  # untouched
+    assert (out / "best.pt").read_bytes() == best and not list(out.glob(".*.tmp"))  # so is best.pt; no temp left
 
     resumed = resume(small, out)
     assert_ok((resumed.returncode, resumed.stdout, resumed.stderr))
@@ -247,6 +260,8 @@ def test_a_run_folder_in_use_is_refused_and_a_stale_lock_taken_over(small, tmp_p
 
 
 def test_a_second_signal_gets_the_default_action():
+    # docs/training.md: "SIGTERM, SIGINT (Ctrl-C) and SIGHUP save it at the current step before exiting".
+    assert set(train.STOP_SIGNALS) == {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
     previous = {s: signal.getsignal(s) for s in train.STOP_SIGNALS}
     try:
         flag = train.StopFlag()
@@ -284,9 +299,7 @@ def test_two_epoch_run_writes_every_output(runs, small):
 
     with Image.open(out / "curves.png") as curves:  # redrawn after every epoch from history.csv
         assert curves.format == "PNG" and curves.size == (1100, 470)
-        # Exactly the picture of this run's own history.csv and best epoch.
-        assert np.array_equal(np.asarray(curves.convert("RGB")), np.asarray(plots.draw_curves(
-            history, summary["best_epoch"], f"{summary['experiment']}: training curves")))
+        assert_curves_show(curves.convert("RGB"), history, summary["best_epoch"])
 
     log = (out / "train.log").read_text()
     assert "epoch 1/2 step 1/2 loss" in log and "img/s data-wait" in log and "eta" in log  # progress lines
@@ -294,6 +307,28 @@ def test_two_epoch_run_writes_every_output(runs, small):
 
     last = models.load_checkpoint(out / "last.pt")["train_state"]
     assert last["epoch"] == 2 and last["finished"] and last["ema"] is not None and last["optimizer"]["state"]
+
+
+def assert_curves_show(image: Image.Image, history: list[dict], best_epoch: int) -> None:
+    """The curves picture shows this history: each series goes the way its numbers go, and the dashed best-epoch
+    line stands at the best epoch in both panels."""
+    epochs, checked = len(history), 0
+    panels = ((0, ("train_loss", "val_loss")), (1, ("val_accuracy", "val_macro_f1")))
+    for half, keys in panels:
+        values = [float(r[k]) for k in keys for r in history]
+        spread = max(values) - min(values)
+        for key in keys:
+            colour = plots.SERIES_COLOURS[2 * half + keys.index(key)]
+            columns, rows = plotted_line(image, colour, half)
+            x = epoch_columns(columns, epochs)
+            at = [rows[np.abs(columns - c) <= 1].mean() for c in x]  # the row of each epoch's dot
+            first, last = float(history[0][key]), float(history[-1][key])
+            if abs(last - first) > 0.1 * spread:  # clearly apart on the picture's scale
+                assert (at[-1] < at[0]) == (last > first), (key, first, last, at)
+                checked += 1
+            marker = vertical_line_columns(image, (110, 110, 110), half)
+            assert len(marker) and np.abs(marker - x[best_epoch - 1]).max() <= 2, (key, marker, x)
+    assert checked >= 2, history  # the run's numbers moved enough for at least two series to be read
 
 
 def test_predictions_csv_comes_from_the_best_checkpoint(runs, small):
@@ -323,22 +358,29 @@ def test_two_runs_with_the_same_seed_are_identical(runs):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_resume_of_a_finished_run_says_so(runs, small, capsys):
+def test_resume_of_a_finished_run_says_so(runs, small, capsys, tmp_path):
     assert_ok(runs.result("a"))
-    train.main(train.get_args_parser().parse_args(command(small, runs.base / "a", "--resume")[1:]))
+    out = linked_copy(runs.base / "a", tmp_path / "a")  # it appends to train.log
+    train.main(parse(command(small, out, "--resume")))
     assert "already finished (max epochs after epoch 2" in capsys.readouterr().out
+    assert "already finished" in (out / "train.log").read_text().strip().splitlines()[-1]
 
 
 @pytest.mark.parametrize("flags, message", [
     (("--resume", "--model", "convnext_tiny"), "model 'resnet50' -> 'convnext_tiny'"),
     (("--resume", "--lr", "3e-4"), "lr 0.0001 -> 0.0003"),
+    # The augmentation is part of the recipe (docs/thesis-choices.md: "checked on --resume").
+    (("--resume", "--jitter", "0.1,0.2,0.2,0.02"), "jitter [0.2, 0.2, 0.2, 0.02] -> [0.1, 0.2, 0.2, 0.02]"),
+    (("--resume", "--hflip", "0"), "hflip 0.5 -> 0.0"),
     ((), "already holds a run"),  # a second fresh run would overwrite the first
 ])
-def test_resume_refuses_other_settings_and_overwriting(runs, small, flags, message):
+def test_resume_refuses_other_settings_and_overwriting(runs, small, flags, message, tmp_path):
     assert_ok(runs.result("a"))
-    args = train.get_args_parser().parse_args(command(small, runs.base / "a", *flags)[1:])
-    with pytest.raises(utils.UserError, match=message.replace("(", r"\(")):
-        train.main(args)
+    out = linked_copy(runs.base / "a", tmp_path / "a")
+    log = (out / "train.log").read_text()
+    with pytest.raises(utils.UserError, match=re.escape(message)):
+        train.main(parse(command(small, out, *flags)))
+    assert (out / "train.log").read_text() == log  # refused before a word is logged
 
 
 def test_nan_loss_stops_naming_epoch_and_step_and_keeps_the_last_good_epoch(runs):
@@ -408,3 +450,148 @@ def test_warmup_cosine_schedule():
     assert [factor(s) for s in (0, 1)] == [0.5, 1.0]
     assert factor(2) == 1.0 and factor(6) == pytest.approx(0.5) and factor(10) == pytest.approx(0.0)
     assert all(factor(s) >= factor(s + 1) for s in range(1, 10))
+
+
+# --- A live run stopped by a real signal; full, read-only and missing disks; a hostile --weights file -------------
+
+# A small fast model (VGGFace48, 48 px) at batch 2: 115 steps an epoch on the demo's 230 training images, so a
+# signal sent at its first step always finds it mid-epoch, and a stopped run has cost a few seconds.
+LIVE = ("--model", "vgg_face48", "--weights", "none", "--img-size", "48", "--batch-size", "2", "--workers", "0",
+        "--epochs", "3", "--log-interval-s", "0")
+
+
+def live_command(demo_data, small: dict, out: Path, *flags: str) -> list[str]:
+    """train.py on the whole demo training set with the LIVE recipe."""
+    return ["train.py", "--train-csv", str(demo_data[0]), "--val-csv", small["val"], "--data-root", small["root"],
+            *LIVE, "--out", str(out), *flags]
+
+
+@pytest.fixture(scope="module")
+def live(demo_data, small, tmp_path_factory):
+    """Two runs started together, each for a real signal: SIGINT with a checkpoint after every step (so the save
+    before the signal's is a real last.prev.pt), and SIGHUP with none before the signal's."""
+    base = tmp_path_factory.mktemp("live")
+    procs = {"SIGINT": spawn(live_command(demo_data, small, base / "SIGINT", "--checkpoint-every", "1e-9")),
+             "SIGHUP": spawn(live_command(demo_data, small, base / "SIGHUP"))}
+    yield base, procs
+    for proc in procs.values():
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def stop_at_first_step(proc: subprocess.Popen, signum: int) -> tuple[int, str, str]:
+    """Send the signal once the run has printed its first training step; (exit code, stdout, stderr)."""
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if re.match(r"epoch 1/\d+ step 1/", line):
+            break
+    else:
+        pytest.fail(f"the run ended before its first step: {''.join(seen)}{proc.stderr.read()[-2000:]}")
+    proc.send_signal(signum)
+    stdout, stderr = proc.communicate(timeout=600)
+    return proc.returncode, "".join(seen) + stdout, stderr
+
+
+@pytest.mark.parametrize("name, code", [("SIGINT", 130), ("SIGHUP", 129)])  # 128 + the signal's number
+def test_a_real_sigint_or_sighup_saves_the_step_and_says_how_to_resume(live, name, code):
+    base, procs = live
+    returncode, stdout, stderr = stop_at_first_step(procs[name], getattr(signal, name))
+    out = base / name
+    assert returncode == code, stderr[-2000:]
+    found = re.search(rf"stopped by {name} during epoch 1 step (\d+)/115; \S+/last\.pt holds step (\d+) of epoch 1\. "
+                      r"Resume with: python train\.py .* --resume$", stdout, re.MULTILINE)
+    assert found and found[1] == found[2], stdout[-2000:]
+    assert "Traceback" not in stderr
+    step = int(found[1])
+    state = models.load_checkpoint(out / "last.pt")["train_state"]
+    assert state["epoch"] == 0 and state["partial"]["step"] == step >= 2  # saved at the step the signal came
+    if name == "SIGINT":  # every save keeps the one it replaces: the step before
+        previous = models.load_checkpoint(out / "last.prev.pt")["train_state"]
+        assert previous["epoch"] == 0 and previous["partial"]["step"] == step - 1
+    else:  # the signal's save was the first: nothing to keep
+        assert not (out / "last.prev.pt").exists()
+    assert found[0] in (out / "train.log").read_text()
+
+
+def test_an_output_folder_that_cannot_be_made_stops_in_one_line_naming_it(small, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")  # a file where the run folder's parent should be
+    with pytest.raises(utils.WriteError, match=re.escape(f"cannot write {blocker / 'run'}: Not a directory; nothing "
+                                                         "already written was changed")):
+        train.main(parse(command(small, blocker / "run")))
+    if os.geteuid() != 0:  # root writes through any mode bits: the read-only mount below covers it there
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        with pytest.raises(utils.WriteError, match=re.escape(f"cannot write {locked / 'run'}: Permission denied")):
+            train.main(parse(command(small, locked / "run")))
+
+
+def mount_namespace_problem(folder: Path) -> str | None:
+    """Why a tmpfs cannot be mounted in a private user and mount namespace (unshare -rm) here; None when it can."""
+    if shutil.which("unshare") is None or shutil.which("mount") is None:
+        return "no unshare / mount command"
+    probe = subprocess.run(["unshare", "-rm", "mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)],
+                           capture_output=True, text=True, timeout=60)
+    return None if probe.returncode == 0 else f"unshare -rm mount -t tmpfs: {probe.stderr.strip()}"
+
+
+@pytest.fixture(scope="module")
+def mounted(demo_data, small, tmp_path_factory) -> Path:
+    """Two runs at once in a private mount namespace: one on a 10 MB tmpfs (room for best.pt, ~5 MB, but not then
+    for last.pt, ~14 MB), one on a read-only tmpfs. Each leaves OUT/<name>.code, .out, .err; the full disk's
+    run folder is copied out to OUT/full_kept before the namespace (and its tmpfs) goes."""
+    base = tmp_path_factory.mktemp("mounted")
+    full, read_only = base / "full", base / "read_only"
+    full.mkdir()
+    read_only.mkdir()
+    problem = mount_namespace_problem(full)
+    if problem:
+        pytest.skip(f"a tmpfs cannot be mounted here ({problem}); the file-size limit test covers the same "
+                    "write-error path")
+    flags = ("--model", "vgg_face48", "--img-size", "48", "--epochs", "1")
+    python = shlex.quote(sys.executable)
+    script = [f"mount -t tmpfs -o size=10m tmpfs {full} && mount -t tmpfs -o ro,size=64k tmpfs {read_only} || exit 99"]
+    for name, folder in (("full", full), ("read_only", read_only)):
+        argv = shlex.join(command(small, folder / "run", *flags))
+        script.append(f"{python} {argv} > {base / name}.out 2> {base / name}.err & {name}=$!")
+    script += [f"wait $full; echo $? > {base / 'full'}.code", f"wait $read_only; echo $? > {base / 'read_only'}.code",
+               f"cp -a {full / 'run'} {base / 'full_kept'}"]
+    done = subprocess.run(["unshare", "-rm", "bash", "-c", "\n".join(script)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, env=os.environ | {"OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    return base
+
+
+def mounted_result(base: Path, name: str) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of one of the `mounted` runs."""
+    return tuple([int((base / f"{name}.code").read_text())] +
+                 [(base / f"{name}.{stream}").read_text() for stream in ("out", "err")])
+
+
+def test_a_full_disk_stops_in_one_line_and_keeps_best_pt(mounted):
+    error = assert_one_line_error(mounted_result(mounted, "full"))
+    out = mounted / "full" / "run"
+    assert error.startswith(f"error: cannot write {out / 'last.pt'}: No space left on device; nothing already "
+                            "written was changed. Fix that (free space, ")
+    assert "resume with: python train.py " in error
+    kept = mounted / "full_kept"
+    assert not (kept / "last.pt").exists() and not list(kept.glob(".*.tmp"))  # the half-written temp file is gone
+    best = models.load_checkpoint(kept / "best.pt")  # written before the disk filled: whole
+    assert best["metrics"]["epoch"] == 1 and best["arch"]["name"] == "vgg_face48"
+
+
+def test_a_read_only_disk_stops_in_one_line_naming_the_folder(mounted):
+    error = assert_one_line_error(mounted_result(mounted, "read_only"))
+    assert error.startswith(f"error: cannot write {mounted / 'read_only' / 'run'}: Read-only file system;")
+
+
+def test_a_hostile_weights_file_is_refused_and_its_code_never_runs(small, tmp_path):
+    marker, evil = tmp_path / "payload_ran", tmp_path / "backbone.pth"
+    torch.save({"conv1.weight": torch.zeros(1), "x": Payload(str(marker))}, evil)
+    with pytest.raises(models.CheckpointError, match=re.escape(f"{evil}: refused, it holds pickled Python objects")):
+        train.main(parse(command(small, tmp_path / "run", "--weights", str(evil))))
+    assert not marker.exists()
+    torch.load(evil, weights_only=False)  # the payload is live: an unsafe load would have run it
+    assert marker.exists()
