@@ -21,31 +21,26 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import sys
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 import data
 import detectors
+import expressions
 import models
 import onnx_model
-import plots
 import realtime
 import utils
 
 # The released model (pretrained/README.md is its card): what predict.py runs when no --ckpt is given.
 RELEASED_MODEL = Path(__file__).resolve().parent / "pretrained" / "fer2013.pt"
 VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
-# Face batches are padded up to one of these sizes for the compiled path, so a video with 1-8 faces per frame
-# compiles at most four graphs instead of one per face count; larger batches run in chunks of the largest.
-FAST_BUCKETS: tuple[int, ...] = (1, 2, 4, 8)
 # Inputs are decoded once before the model loads, at reduced scale down to this side: a damaged file shows at any
 # scale, and a reduced-scale JPEG decode costs a fraction of a full one.
 CHECK_SIZE = 64
@@ -58,17 +53,6 @@ DETECT_EVERY = 10
 # Inputs
 # ---------------------------------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Source:
-    """One thing to predict on: kind "image" | "video" | "camera", its path (or camera index), its name in the CSV
-    and its relative name for annotated copies (a folder input keeps its sub-folders)."""
-
-    kind: str
-    path: str
-    name: str
-    rel: str
-
-
 def _kind(path: Path) -> str | None:
     """"image" / "video" by extension, None for anything else."""
     suffix = path.suffix.lower()
@@ -77,9 +61,9 @@ def _kind(path: Path) -> str | None:
     return "video" if suffix in VIDEO_EXTENSIONS else None
 
 
-def collect_sources(inputs: Sequence[str], camera: int | None, out_dir: Path) -> list[Source]:
+def collect_sources(inputs: Sequence[str], camera: int | None, out_dir: Path) -> list[realtime.Source]:
     """Expand files and folders (recursively, skipping out_dir) into sources; the camera comes last."""
-    sources: list[Source] = []
+    sources: list[realtime.Source] = []
     out_dir = out_dir.resolve()
     for item in inputs:
         path = Path(item)
@@ -90,17 +74,17 @@ def collect_sources(inputs: Sequence[str], camera: int | None, out_dir: Path) ->
                 raise utils.UserError(f"no images or videos in folder {item} "
                                       f"(looked for {', '.join(data.IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)})")
             top = path.resolve().name or "input"
-            sources += [Source(_kind(p), str(p), str(p), str(Path(top, p.relative_to(path)))) for p in found]
+            sources += [realtime.Source(_kind(p), str(p), str(p), str(Path(top, p.relative_to(path)))) for p in found]
         elif path.is_file():
             kind = _kind(path)
             if kind is None:
                 raise utils.UserError(f"{item}: not an image or video file (known extensions: "
                                       f"{', '.join(data.IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)})")
-            sources.append(Source(kind, str(path), item, path.name))
+            sources.append(realtime.Source(kind, str(path), item, path.name))
         else:
             raise utils.UserError(f"input not found: {item}")
     if camera is not None:
-        sources.append(Source("camera", str(camera), f"camera:{camera}", f"camera{camera}"))
+        sources.append(realtime.Source("camera", str(camera), f"camera:{camera}", f"camera{camera}"))
     if not sources:
         raise utils.UserError("nothing to do: give image / video files or folders, or --camera N")
     return sources
@@ -127,7 +111,7 @@ def check_video(cv2: Any, path: str) -> None:
         raise utils.UserError(f"cannot read video {path}: no frame could be decoded")
 
 
-def input_problem(src: Source, cv2: Any) -> str | None:
+def input_problem(src: realtime.Source, cv2: Any) -> str | None:
     """Why an input cannot be read, as its one-line error, or None. Images are decoded whole (at reduced scale for
     JPEGs), so a truncated file is caught here, not halfway through a batch."""
     try:
@@ -155,227 +139,12 @@ def read_rgb(path: str, max_side: int) -> tuple[np.ndarray, float]:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Detection, crops, tracking
-# ---------------------------------------------------------------------------------------------------------------------
-
-def expand_box(box: detectors.Box, margin: float, width: int, height: int) -> detectors.Box:
-    """The box grown by `margin` of its size on each side, clamped to the image."""
-    x, y, w, h = box
-    left, top = max(0, round(x - margin * w)), max(0, round(y - margin * h))
-    right, bottom = min(width, round(x + w + margin * w)), min(height, round(y + h + margin * h))
-    return left, top, right - left, bottom - top
-
-
-@dataclass
-class Track:
-    """One face followed over frames: id, last box, smoothed probabilities, last frame it was seen."""
-
-    id: int
-    box: detectors.Box
-    probs: np.ndarray
-    last_seen: int
-
-
-@dataclass
-class FaceTracker:
-    """Matches each frame's faces to the tracks of earlier frames and smooths each track's probabilities.
-
-    Matching is greedy on IoU (>= min_iou), falling back to centre distance (< half the face size) for fast
-    motion; unmatched faces start new tracks, and tracks unseen for max_missed frames are dropped.
-    Smoothing is an exponential moving average: p = alpha * p_previous + (1 - alpha) * p_frame (alpha 0 = off).
-    """
-
-    alpha: float = 0.6
-    min_iou: float = 0.2
-    max_missed: int = 10
-    tracks: list[Track] = field(default_factory=list)
-    next_id: int = 0
-
-    def _score(self, track: Track, box: detectors.Box) -> float:
-        """IoU if the boxes overlap enough, a token score for a near centre, else 0 (no match)."""
-        overlap = detectors.iou(track.box, box)
-        if overlap >= self.min_iou:
-            return overlap
-        (tx, ty, tw, th), (x, y, w, h) = track.box, box
-        distance = np.hypot(tx + tw / 2 - x - w / 2, ty + th / 2 - y - h / 2)
-        return 1e-3 if distance < 0.5 * max(tw, th, w, h) else 0.0
-
-    def update(self, frame: int, boxes: Sequence[detectors.Box], probs: np.ndarray) -> list[Track]:
-        """Assign this frame's faces (boxes, probs [N, C]) to tracks; returns their tracks in the order of boxes."""
-        self.tracks = [t for t in self.tracks if frame - t.last_seen <= self.max_missed]
-        pairs = sorted(((self._score(t, b), ti, bi) for ti, t in enumerate(self.tracks) for bi, b in enumerate(boxes)),
-                       reverse=True)
-        assigned: dict[int, Track] = {}
-        used: set[int] = set()
-        for score, ti, bi in pairs:
-            if score <= 0 or ti in used or bi in assigned:
-                continue
-            track = self.tracks[ti]
-            track.box, track.last_seen = boxes[bi], frame
-            track.probs = self.alpha * track.probs + (1 - self.alpha) * probs[bi]
-            assigned[bi] = track
-            used.add(ti)
-        for bi, box in enumerate(boxes):
-            if bi not in assigned:
-                assigned[bi] = Track(self.next_id, box, np.asarray(probs[bi], dtype=np.float64), frame)
-                self.tracks.append(assigned[bi])
-                self.next_id += 1
-        return [assigned[bi] for bi in range(len(boxes))]
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# The model on face batches
-# ---------------------------------------------------------------------------------------------------------------------
-
-class FaceClassifier:
-    """The checkpoint's model on batches of face crops -> probabilities, eager or models.make_fast.
-
-    The compiled path is built per padded batch size (FAST_BUCKETS); time spent in each bucket's first call
-    (compilation, CUDA-graph capture) is kept apart in `warmup_s`, so model-only FPS measures steady state.
-    """
-
-    def __init__(self, model: torch.nn.Module, device: torch.device, img_size: int, fast: bool,
-                 hflip: bool, amp: bool) -> None:
-        self.model, self.device, self.img_size, self.fast, self.hflip = model, device, img_size, fast, hflip
-        self.amp = amp and device.type == "cuda"  # what models.inference_autocast runs; describe() names it
-        self.compiled: dict[int, models.FastModel] = {}
-        self.model_s = 0.0
-        self.model_calls = 0  # timed calls (batches), one-off compiling calls left out
-        self.warmup_s = 0.0
-
-    def _sync(self) -> None:
-        """Wait for queued GPU work, so timings cover it."""
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def _compiled(self, bucket: int) -> models.FastModel:
-        """The fast path for batches of exactly `bucket` images, built (and compiled) on first use."""
-        if bucket not in self.compiled:
-            example = torch.zeros(bucket, 3, self.img_size, self.img_size, device=self.device)
-            self.compiled[bucket] = models.make_fast(self.model, self.device, example)
-        return self.compiled[bucket]
-
-    def _run_fast(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits through the fast path: chunks of <= 8, each zero-padded up to its bucket size."""
-        largest = FAST_BUCKETS[-1]
-        outputs = []
-        for chunk in x.split(largest):
-            n = chunk.shape[0]
-            bucket = next(b for b in FAST_BUCKETS if b >= n)
-            if n < bucket:
-                chunk = torch.cat([chunk, chunk.new_zeros(bucket - n, *chunk.shape[1:])])
-            outputs.append(self._compiled(bucket)(chunk)[:n])  # FastModel returns float32
-        return torch.cat(outputs)
-
-    @torch.inference_mode()
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Float32 logits [B, C] on the device for images [B, 3, S, S] (flip TTA averages image and mirror)."""
-        with models.inference_autocast(self.device, self.amp and not self.fast):  # the fast path has its own
-            plain, mirrored = models.forward_views(self._run_fast if self.fast else self.model, x, self.hflip)
-        return plain if mirrored is None else torch.stack([plain, mirrored]).mean(dim=0)
-
-    def describe(self) -> str:
-        """Which path runs the model, e.g. 'eager float32' or make_fast's variant."""
-        if self.fast and self.compiled:
-            return "fast: " + next(iter(self.compiled.values())).variant
-        if hasattr(self.model, "runtime"):  # an onnx_model.OnnxModel
-            return self.model.runtime
-        return "eager " + ("float16 autocast" if self.amp else "float32")
-
-    def warm_up(self, batch: int = 1) -> None:
-        """Build and run the path for `batch` faces once, so its one-off cost is not timed as model time."""
-        start = time.perf_counter()
-        self.logits(torch.zeros(batch, 3, self.img_size, self.img_size, device=self.device))
-        self._sync()
-        self.warmup_s += time.perf_counter() - start
-
-    def __call__(self, crops: torch.Tensor) -> np.ndarray:
-        """Probabilities [B, C] (float64 NumPy) for a CPU batch of uint8 crops (normalised on the device), as
-        data.FaceDataset gives them; adds to model_s."""
-        built = len(self.compiled)
-        self._sync()
-        start = time.perf_counter()
-        images = models.normalize(crops.to(self.device, non_blocking=True))
-        probs = torch.softmax(self.logits(images), dim=1).cpu().double().numpy()
-        elapsed = time.perf_counter() - start
-        if len(self.compiled) > built:  # this call compiled a new batch size: one-off, not steady state
-            self.warmup_s += elapsed
-        else:
-            self.model_s += elapsed
-            self.model_calls += 1
-        return probs
-
-
-def use_fast_path(choice: str, device: torch.device) -> bool:
-    """--fast auto: the compiled path on CUDA only. On a CPU it was ~1.2x faster at 224 px here but costs 10-20 s
-    of compilation per face-batch size, which only a long video or camera session earns back (--fast on)."""
-    if choice == "auto":
-        return device.type == "cuda"
-    return choice == "on"
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Output: CSV rows and annotation
-# ---------------------------------------------------------------------------------------------------------------------
-
-def csv_columns(classes: Sequence[str]) -> list[str]:
-    """predictions.csv header: where the face is, the predicted label and name, one probability per class."""
-    return ["file", "frame", "track", "face_x", "face_y", "face_w", "face_h", "label", "name"] + \
-        [f"prob_{c}" for c in classes]
-
-
-def csv_row(name: str, frame: int, track: int | str, box: detectors.Box, probs: np.ndarray,
-            classes: Sequence[str]) -> list[Any]:
-    """One predictions.csv row."""
-    label = int(np.argmax(probs))
-    return [name, frame, track, *box, label, classes[label]] + [f"{p:.6f}" for p in probs]
-
-
-def draw_faces(image: Image.Image, faces: Sequence[tuple[detectors.Box, str]]) -> Image.Image:
-    """The image with a box and a caption drawn for each face."""
-    image = image.convert("RGB")
-    draw = ImageDraw.Draw(image)
-    width = max(2, round(min(image.size) / 200))
-    font = plots.load_font(max(12, round(min(image.size) / 30)))
-    for (x, y, w, h), text in faces:
-        draw.rectangle((x, y, x + w - 1, y + h - 1), outline=(0, 255, 0), width=width)
-        left, top, right, bottom = draw.textbbox((x, y), text, font=font)
-        ty = y - (bottom - top) - 2 * width if y - (bottom - top) - 2 * width >= 0 else y + h
-        draw.rectangle((x, ty, x + right - left + 2 * width, ty + bottom - top + 2 * width), fill=(0, 255, 0))
-        draw.text((x + width - (left - x), ty + width - (top - y)), text, fill=(0, 0, 0), font=font)
-    return image
-
-
-def caption(probs: np.ndarray, classes: Sequence[str], track: int | None = None) -> str:
-    """'happy 0.83' (with '#id ' for a tracked face)."""
-    label = int(np.argmax(probs))
-    prefix = f"#{track} " if track is not None else ""
-    return f"{prefix}{classes[label]} {probs[label]:.2f}"
-
-
-class OutputNames:
-    """Unique file names under OUT/annotated (two inputs with the same name get _1, _2, ...)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root, self.used = root, set()
-
-    def __call__(self, rel: str, suffix: str) -> Path:
-        """A fresh path for a source's relative name with the given suffix."""
-        base = self.root / Path(rel).with_suffix("")
-        path, n = base.with_suffix(suffix), 1
-        while path in self.used:
-            path, n = base.with_name(f"{base.name}_{n}").with_suffix(suffix), n + 1
-        self.used.add(path)
-        return path
-
-
-# ---------------------------------------------------------------------------------------------------------------------
 # Images
 # ---------------------------------------------------------------------------------------------------------------------
 
-def predict_images(sources: Sequence[Source], model: torch.nn.Module, device: torch.device, img_size: int,
+def predict_images(sources: Sequence[realtime.Source], model: torch.nn.Module, device: torch.device, img_size: int,
                    grayscale: bool, classes: Sequence[str], args: argparse.Namespace,
-                   detector: detectors.FaceDetector | None, names: OutputNames | None) -> list[list[Any]]:
+                   detector: detectors.FaceDetector | None, names: expressions.OutputNames | None) -> list[list[Any]]:
     """CSV rows for image sources; faces read through data.FaceDataset and models.predict_logits (as evaluate.py)."""
     samples: list[data.Sample] = []
     faces: list[tuple[int, detectors.Box]] = []  # per sample: its source and the box reported for it
@@ -387,7 +156,7 @@ def predict_images(sources: Sequence[Source], model: torch.nn.Module, device: to
         else:
             rgb, scale = read_rgb(src.path, detector.max_side)
             boxes = [tuple(round(v * scale) for v in box) for box in detector(rgb)]
-            crops = [expand_box(box, args.margin, width, height) for box in boxes]
+            crops = [expressions.expand_box(box, args.margin, width, height) for box in boxes]
             meter.step()
         # line=0: these samples come from no CSV; label 0 is a placeholder the model never sees.
         samples += [data.Sample(path=src.name, file=src.path, label=0, box=crop, line=0) for crop in crops]
@@ -402,236 +171,26 @@ def predict_images(sources: Sequence[Source], model: torch.nn.Module, device: to
         logits, _ = models.predict_logits(model, loader, device, amp=args.amp, hflip=args.tta == "hflip",
                                           progress="images")
         probs = torch.softmax(logits, dim=1).double().numpy()
-    rows = [csv_row(sources[i].name, 0, "", box, p, classes) for (i, box), p in zip(faces, probs)]
+    rows = [expressions.csv_row(sources[i].name, 0, "", box, p, classes) for (i, box), p in zip(faces, probs)]
     if names is not None:
         drawn: dict[int, list[tuple[detectors.Box, str]]] = {}
         for (i, box), p in zip(faces, probs):
-            drawn.setdefault(i, []).append((box, caption(p, classes)))
+            drawn.setdefault(i, []).append((box, expressions.caption(p, classes)))
         for i, src in enumerate(sources):
             _save_annotated(src, drawn.get(i, []), names)
     return rows
 
 
-def _save_annotated(src: Source, faces: list[tuple[detectors.Box, str]], names: OutputNames) -> None:
+def _save_annotated(src: realtime.Source, faces: list[tuple[detectors.Box, str]],
+                    names: expressions.OutputNames) -> None:
     """Write OUT/annotated/<name> with the faces drawn (JPEG stays JPEG, anything else becomes PNG)."""
     suffix = Path(src.path).suffix.lower()
     jpeg = suffix in (".jpg", ".jpeg")
     path = names(src.rel, suffix if jpeg else ".png")
     with Image.open(src.path) as im:
-        annotated = draw_faces(im, faces)
+        annotated = expressions.draw_faces(im, faces)
     with utils.atomic_write(path, "wb") as f:
         annotated.save(f, format="JPEG" if jpeg else "PNG", quality=95)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Videos and the camera
-# ---------------------------------------------------------------------------------------------------------------------
-
-@dataclass
-class VideoStats:
-    """Counts and timings of one video or camera session, for the summary line and --benchmark."""
-
-    frames: int = 0  # frames the pipeline took (each one written to the annotated video)
-    analysed: int = 0  # frames whose faces were found and classified (--every)
-    faces: int = 0
-    dropped: int = 0  # frames a camera (or --realtime) delivered while the pipeline was busy: never seen
-    whole: int = 0  # whole-frame detections
-    followed: int = 0  # frames whose faces were followed near their last boxes (--track)
-    model_calls: int = 0
-    seconds: float = 0.0
-    detect_s: float = 0.0
-    model_s: float = 0.0
-    warmup_s: float = 0.0
-    latencies: list[float] = field(default_factory=list)  # capture to label, seconds, one per frame taken
-    stopped: bool = False  # ended by Ctrl-C or q before the source ended
-
-    def latency_ms(self, percent: float) -> float:
-        """A percentile of the capture-to-label latency, in ms."""
-        return 1000 * float(np.percentile(self.latencies, percent)) if self.latencies else float("nan")
-
-    def fps(self) -> float:
-        """Frames taken per second of wall time, one-off compilation left out."""
-        return self.frames / max(self.seconds - self.warmup_s, 1e-9)
-
-    def summary(self, name: str) -> str:
-        """One line: end-to-end FPS, latency, detection and model-only time (one-off compilation left out)."""
-        model = (f"model {1000 * self.model_s / self.model_calls:.1f} ms per frame with faces = "
-                 f"{self.model_calls / self.model_s:.1f} FPS model-only" if self.model_calls else "model-only: no face")
-        warm = f"; {self.warmup_s:.1f} s one-off warm-up left out" if self.warmup_s > 0.05 else ""
-        detect = (f"detection {1000 * self.detect_s / self.analysed:.1f} ms/frame ({self.whole} whole-frame, "
-                  f"{self.followed} followed); " if self.analysed else "")
-        dropped = f", {self.dropped} dropped" if self.dropped else ""
-        dropped += ", stopped by Ctrl-C or q" if self.stopped else ""
-        return (f"{name}: {self.frames} frames ({self.analysed} analysed, {self.faces} faces{dropped}) in "
-                f"{self.seconds - self.warmup_s:.1f} s: {self.fps():.1f} FPS end to end; capture to label p50 "
-                f"{self.latency_ms(50):.1f} ms, p95 {self.latency_ms(95):.1f} ms; {detect}{model}{warm}")
-
-
-class VideoOutput:
-    """An annotated mp4 written to a temporary file beside its name, renamed only once complete (finish)."""
-
-    def __init__(self, cv2: Any, path: Path, fps: float) -> None:
-        self.cv2, self.path, self.fps = cv2, path, fps
-        self.tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.mp4")
-        self.writer: Any = None
-
-    def write(self, bgr: np.ndarray) -> None:
-        """Append a frame (opened at the first frame's size)."""
-        if self.writer is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.writer = self.cv2.VideoWriter(str(self.tmp), self.cv2.VideoWriter_fourcc(*"mp4v"), self.fps,
-                                               (bgr.shape[1], bgr.shape[0]))
-            if not self.writer.isOpened():
-                raise utils.UserError(f"cannot write video {self.tmp} (mp4v codec missing from OpenCV?)")
-        self.writer.write(bgr)
-
-    def finish(self) -> None:
-        """Close the file and give it its name."""
-        if self.writer is not None:
-            self.writer.release()
-            os.replace(self.tmp, self.path)
-
-    def discard(self) -> None:
-        """Close and remove a half-written file."""
-        if self.writer is not None:
-            self.writer.release()
-            self.tmp.unlink(missing_ok=True)
-
-
-class Window:
-    """--show: the annotated frames in an OpenCV window; q (or Esc) in it ends the session."""
-
-    QUIT_KEYS = (ord("q"), 27)
-
-    def __init__(self, cv2: Any, title: str) -> None:
-        self.cv2, self.title = cv2, title
-        cv2.namedWindow(title)  # main() checked that this OpenCV has a GUI
-
-    def show(self, bgr: np.ndarray) -> bool:
-        """Draw a frame; True when q or Esc was pressed."""
-        self.cv2.imshow(self.title, bgr)
-        return (self.cv2.waitKey(1) & 0xFF) in self.QUIT_KEYS
-
-    def close(self) -> None:
-        """Close the window."""
-        self.cv2.destroyWindow(self.title)
-
-
-def check_window(cv2: Any) -> None:
-    """--show fails at once, with the install to fix it, when this OpenCV has no GUI (the -headless wheel)."""
-    try:
-        cv2.namedWindow("predict.py")
-        cv2.destroyWindow("predict.py")
-    except cv2.error:
-        raise utils.UserError("--show needs OpenCV with a GUI, not opencv-python-headless: pip uninstall "
-                              "opencv-python-headless && pip install 'opencv-python<5'") from None
-
-
-def open_capture(cv2: Any, src: Source) -> tuple[Any, float, int]:
-    """The opened capture of a video file or camera, its frame rate (30 when unknown) and frame count (0: unknown)."""
-    camera = src.kind == "camera"
-    capture = cv2.VideoCapture(int(src.path) if camera else src.path)
-    if not capture.isOpened():
-        raise utils.UserError(f"cannot open {'camera ' + src.path if camera else 'video ' + src.path}")
-    total = 0 if camera else max(0, int(capture.get(cv2.CAP_PROP_FRAME_COUNT)))
-    return capture, capture.get(cv2.CAP_PROP_FPS) or 30.0, total
-
-
-def predict_video(src: Source, cv2: Any, classifier: FaceClassifier, detector: detectors.FaceDetector,
-                  transform: Callable[[Image.Image], torch.Tensor], classes: Sequence[str],
-                  args: argparse.Namespace, names: OutputNames | None) -> tuple[list[list[Any]], VideoStats]:
-    """CSV rows for every analysed frame and face of a video file or camera, and its timing stats.
-
-    A camera (and a file with --realtime) is read in its own thread and the newest frame is always taken; a file
-    is read frame by frame, every frame taken. Ctrl-C (or q in the --show window) ends it after the frame in
-    progress, with the rows and the annotated video complete up to there.
-    """
-    capture, fps_in, total = open_capture(cv2, src)
-    live = src.kind == "camera" or args.realtime
-    # A camera paces itself; a file under --realtime is released at its own frame rate.
-    reader = realtime.NewestFrame(capture.read, 0.0 if src.kind == "camera" else fps_in) if live \
-        else realtime.InOrder(capture.read)
-    output = VideoOutput(cv2, names(src.rel, ".mp4"), fps_in) if names is not None else None
-    finder = realtime.FaceFinder(detector, args.detect_every, args.track)
-    tracker = FaceTracker(alpha=args.smooth, max_missed=10 * args.every)
-    total = min(total, args.max_frames) if args.max_frames and total else total
-    stats, rows, shown = VideoStats(), [], []
-    meter = utils.Progress(total, src.name) if total > 0 and not live else None
-    warm_before, model_before, calls_before = classifier.warmup_s, classifier.model_s, classifier.model_calls
-    window = None
-    start = last_print = time.perf_counter()
-    try:
-        window = Window(cv2, f"predict.py {src.name} (q: quit)") if args.show else None
-        with realtime.stop_on_interrupt() as stop, reader:
-            print(f"{src.name}: " + ("always the newest frame" if live else "every frame") + "; Ctrl-C"
-                  + (" or q" if window else "") + " stops, keeping what was done", flush=True)
-            for frame in reader.frames(stop):
-                if stats.frames % args.every == 0:
-                    shown = _analyse_frame(src.name, frame, classifier, finder, transform, tracker, classes,
-                                           args.margin, rows, stats)
-                stats.frames += 1
-                if output is not None or window is not None:
-                    annotated = np.ascontiguousarray(np.asarray(
-                        draw_faces(Image.fromarray(frame.image[:, :, ::-1]), shown))[:, :, ::-1])
-                    if output is not None:
-                        output.write(annotated)
-                    if window is not None and window.show(annotated):
-                        stop.set()
-                stats.latencies.append(time.perf_counter() - frame.captured)
-                if meter is not None:
-                    meter.step()
-                elif time.perf_counter() - last_print >= 5.0:
-                    last_print = time.perf_counter()
-                    print(f"{src.name}: {stats.frames} frames, {stats.frames / (last_print - start):.1f} FPS",
-                          flush=True)
-                if stats.frames == args.max_frames:
-                    break
-            stats.stopped = stop.is_set()
-    except BaseException:
-        if output is not None:
-            output.discard()
-        raise
-    finally:
-        capture.release()  # after the reading thread has stopped (leaving `with reader` waits for it)
-        if window is not None:
-            window.close()
-    if stats.frames == 0 and not stats.stopped:
-        raise utils.UserError(f"cannot read {'camera ' + src.path if src.kind == 'camera' else 'video ' + src.path}"
-                              ": no frame could be decoded")
-    if output is not None:
-        output.finish()  # nothing to do when no frame was written
-    stats.seconds = time.perf_counter() - start
-    stats.dropped, stats.whole, stats.followed = reader.dropped, finder.whole, finder.followed
-    stats.model_s = classifier.model_s - model_before
-    stats.model_calls = classifier.model_calls - calls_before
-    stats.warmup_s = classifier.warmup_s - warm_before
-    return rows, stats
-
-
-def _analyse_frame(name: str, frame: realtime.Frame, classifier: FaceClassifier, finder: realtime.FaceFinder,
-                   transform: Callable[[Image.Image], torch.Tensor], tracker: FaceTracker, classes: Sequence[str],
-                   margin: float, rows: list[list[Any]], stats: VideoStats) -> list[tuple[detectors.Box, str]]:
-    """Find, classify (one batch), track and smooth the faces of one BGR frame; appends rows, returns captions."""
-    image = frame.image
-    height, width = image.shape[:2]
-    start = time.perf_counter()
-    boxes = finder(image[:, :, ::-1])  # BGR -> RGB view
-    stats.detect_s += time.perf_counter() - start
-    stats.analysed += 1
-    if boxes:
-        crops = []
-        for box in boxes:
-            x, y, w, h = expand_box(box, margin, width, height)
-            # BGR -> RGB, the channel order the model was trained on (PIL-decoded images).
-            crops.append(transform(Image.fromarray(np.ascontiguousarray(image[y:y + h, x:x + w, ::-1]))))
-        probs = classifier(torch.stack(crops))
-    else:
-        probs = np.zeros((0, len(classes)))
-    tracks = tracker.update(frame.index, boxes, probs)
-    stats.faces += len(boxes)
-    for box, track in zip(boxes, tracks):
-        rows.append(csv_row(name, frame.index, track.id, box, track.probs, classes))
-    return [(box, caption(track.probs, classes, track.id)) for box, track in zip(boxes, tracks)]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -665,9 +224,6 @@ PIPELINE_MODES: dict[str, PipelineMode] = {
     "onnx": PipelineMode(onnx=True, export=export_in_memory),
     "int8": PipelineMode(onnx=True, precision="int8"),
 }
-# A face counts as kept when a box of the same frame overlaps the every-frame detection's box this much (the usual
-# detection criterion).
-KEPT_IOU = 0.5
 
 
 def benchmark_modes(text: str) -> list[tuple[str, str | None]]:
@@ -710,23 +266,7 @@ def _mode_model(mode: str, path: str | None, ckpt: str, device: torch.device) ->
     return model, meta, PIPELINE_MODES[mode].fast
 
 
-def agreement(reference: Sequence[Sequence[Any]], rows: Sequence[Sequence[Any]]) -> tuple[float, float]:
-    """Of the faces in the reference rows (detection on every frame): the share a run found in the same frame
-    (IoU >= KEPT_IOU) and, of those, the share given the same label. Rows are predictions.csv rows."""
-    by_frame: dict[int, list[Sequence[Any]]] = {}
-    for row in rows:
-        by_frame.setdefault(row[1], []).append(row)
-    kept = agree = 0
-    for ref in reference:
-        scored = [(detectors.iou(tuple(ref[3:7]), tuple(row[3:7])), row) for row in by_frame.get(ref[1], [])]
-        best = max(scored, key=lambda pair: pair[0], default=(0.0, None))
-        if best[0] >= KEPT_IOU:
-            kept += 1
-            agree += best[1][7] == ref[7]
-    return (kept / len(reference) if reference else float("nan")), (agree / kept if kept else float("nan"))
-
-
-def run_benchmark(src: Source, cv2: Any, detector: detectors.FaceDetector, ckpt: str, device: torch.device,
+def run_benchmark(src: realtime.Source, cv2: Any, detector: detectors.FaceDetector, ckpt: str, device: torch.device,
                   args: argparse.Namespace, out_dir: Path) -> list[dict[str, Any]]:
     """The pipeline on one video once per --benchmark mode (plus, with --detect-every K > 1, the first mode with
     detection on every frame, the reference for faces kept and labels agreeing); writes OUT/realtime.md, .json."""
@@ -740,14 +280,15 @@ def run_benchmark(src: Source, cv2: Any, detector: detectors.FaceDetector, ckpt:
         if classes is not None and list(models.arch_classes(arch)) != classes:
             raise utils.UserError(f"--benchmark {mode}: {path} has other classes than the first mode's model")
         classes, img_size = list(models.arch_classes(arch)), models.arch_img_size(arch)
-        classifier = FaceClassifier(model, device, img_size, fast=fast, hflip=args.tta == "hflip", amp=args.amp)
+        classifier = expressions.FaceClassifier(model, device, img_size, fast=fast, hflip=args.tta == "hflip",
+                                                amp=args.amp)
         classifier.warm_up(1)
         transform = functools.partial(data.face_tensor, size=img_size, grayscale=models.arch_grayscale(arch))
         run_args = argparse.Namespace(**{**vars(args), "detect_every": every, "show": False})
-        rows, stats = predict_video(src, cv2, classifier, detector, transform, classes, run_args, None)
+        rows, stats = realtime.predict_video(src, cv2, classifier, detector, transform, classes, run_args, None)
         print(stats.summary(f"{mode}, whole-frame detection every {every}"), flush=True)
         reference = rows if reference is None else reference
-        kept, agree = agreement(reference, rows)
+        kept, agree = realtime.agreement(reference, rows)
         results.append({
             "mode": mode, "model": path or "the checkpoint, exported in memory", "runtime": classifier.describe(),
             "detect_every": every,
@@ -763,10 +304,10 @@ def run_benchmark(src: Source, cv2: Any, detector: detectors.FaceDetector, ckpt:
     return results
 
 
-def _write_benchmark(results: list[dict[str, Any]], src: Source, cv2: Any, detector: detectors.FaceDetector,
+def _write_benchmark(results: list[dict[str, Any]], src: realtime.Source, cv2: Any, detector: detectors.FaceDetector,
                      ckpt: str, device: torch.device, args: argparse.Namespace, out_dir: Path) -> None:
     """OUT/realtime.json and realtime.md: the table, the machine and the settings it was measured with."""
-    capture, fps_in, total = open_capture(cv2, src)
+    capture, fps_in, total = realtime.open_capture(cv2, src)
     size = (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
     capture.release()
     total = min(total, args.max_frames) if args.max_frames else total
@@ -796,8 +337,8 @@ def _write_benchmark(results: list[dict[str, Any]], src: Source, cv2: Any, detec
                      f"| {r['detector_ms']:.1f} | {model_ms} | {pct(r['faces_kept'])} | {pct(r['labels_agree'])} "
                      f"| {r['frames']} ({r['dropped']}) |")
     lines += ["", "Faces kept: of the faces the reference (detection on every frame) found, the share found in the "
-              f"same frame (IoU >= {KEPT_IOU}); labels agree: of those, the share with the same label. Command: "
-              f"`{setting['command']}`"]
+              f"same frame (IoU >= {realtime.KEPT_IOU}); labels agree: of those, the share with the same label. "
+              f"Command: `{setting['command']}`"]
     text = "\n".join(lines) + "\n"
     with utils.atomic_write(out_dir / "realtime.md") as f:
         f.write(text)
@@ -885,7 +426,7 @@ def _check_args(args: argparse.Namespace) -> None:
             raise utils.UserError(f"{flag} {value}: out of range (see --help)")
 
 
-def _readable_inputs(args: argparse.Namespace, out_dir: Path) -> tuple[list[Source], Any, list[str]]:
+def _readable_inputs(args: argparse.Namespace, out_dir: Path) -> tuple[list[realtime.Source], Any, list[str]]:
     """The inputs that can be read, OpenCV (None when nothing needs it) and one line per input that cannot.
     A single input that cannot be read is a UserError of its own (nothing else to do)."""
     sources = collect_sources(args.inputs, args.camera, out_dir)
@@ -897,7 +438,7 @@ def _readable_inputs(args: argparse.Namespace, out_dir: Path) -> tuple[list[Sour
     if args.detect:
         cv2 = detectors.import_cv2("--detect")
     if args.show:
-        check_window(detectors.import_cv2("--show"))
+        realtime.check_window(detectors.import_cv2("--show"))
     # Unreadable inputs are found before the model loads; one bad file among many does not stop the others.
     problems = {src: problem for src in sources if (problem := input_problem(src, cv2)) is not None}
     if problems and len(sources) == 1:
@@ -939,7 +480,7 @@ def main(args: argparse.Namespace) -> None:
     arch = meta["arch"]
     img_size = models.arch_img_size(arch)
     classes = list(models.arch_classes(arch))
-    names = OutputNames(out_dir / "annotated") if args.annotate else None
+    names = expressions.OutputNames(out_dir / "annotated") if args.annotate else None
     print(f"{ckpt}: {arch['name']} at {img_size} px on {device}; {len(images)} images, {len(videos)} videos"
           + (f"; faces found by {detector.name}" if detector is not None and (videos or args.detect) else ""),
           flush=True)
@@ -949,13 +490,14 @@ def main(args: argparse.Namespace) -> None:
                           detector if args.detect else None, names) if images else []
     stopped = None  # the video file Ctrl-C or q cut short, if one was
     if videos:
-        classifier = FaceClassifier(model, device, img_size, fast=not onnx and use_fast_path(args.fast, device),
-                                    hflip=args.tta == "hflip", amp=args.amp)
+        classifier = expressions.FaceClassifier(model, device, img_size,
+                                                fast=not onnx and expressions.use_fast_path(args.fast, device),
+                                                hflip=args.tta == "hflip", amp=args.amp)
         classifier.warm_up(1)  # the common case, one face, is ready before the clock starts
         print(f"model path: {classifier.describe()} (ready in {classifier.warmup_s:.1f} s)", flush=True)
         transform = functools.partial(data.face_tensor, size=img_size, grayscale=grayscale)
         for i, src in enumerate(videos):
-            video_rows, stats = predict_video(src, cv2, classifier, detector, transform, classes, args, names)
+            video_rows, stats = realtime.predict_video(src, cv2, classifier, detector, transform, classes, args, names)
             rows += video_rows
             print(stats.summary(src.name), flush=True)
             if stats.stopped:  # Ctrl-C or q ends the session: the rest is skipped
@@ -963,7 +505,7 @@ def main(args: argparse.Namespace) -> None:
                 break
 
     csv_path = out_dir / "predictions.csv"
-    utils.write_csv(csv_path, csv_columns(classes), rows)
+    utils.write_csv(csv_path, expressions.csv_columns(classes), rows)
     print(f"wrote {csv_path} ({len(rows)} rows)" + (f" and annotated copies in {names.root}" if names else ""),
           flush=True)
     if stopped is not None and (stopped[0].kind != "camera" or stopped[2]):

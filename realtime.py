@@ -1,5 +1,6 @@
 """Real-time video for predict.py: frames in order or always the newest, faces found every k-th frame and followed
-in between, Ctrl-C as a clean stop, and the test clip the end-to-end measurements run on.
+in between, Ctrl-C as a clean stop, a video or camera run end to end (predict_video: CSV rows, timings, annotated mp4,
+--show window), its agreement with detection on every frame, and the test clip the end-to-end measurements run on.
 
     with realtime.NewestFrame(capture.read) as source:      # a camera: reading runs in its own thread
         for frame in source.frames(stop):                   # the newest frame each time; stale ones are dropped
@@ -9,6 +10,7 @@ in between, Ctrl-C as a clean stop, and the test clip the end-to-end measurement
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib
 import math
@@ -18,11 +20,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
+import torch
+from PIL import Image
 
 import detectors
+import expressions
 import utils
 
 # How often a waiting pipeline looks at its stop flag, in seconds: Ctrl-C ends a wait for a frame this soon.
@@ -233,6 +238,255 @@ class FaceFinder:
             self.countdown = self.every - 1
         self.boxes = sorted(found)
         return self.boxes
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Videos and the camera
+# ---------------------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Source:
+    """One thing to predict on: kind "image" | "video" | "camera", its path (or camera index), its name in the CSV
+    and its relative name for annotated copies (a folder input keeps its sub-folders)."""
+
+    kind: str
+    path: str
+    name: str
+    rel: str
+
+
+@dataclass
+class VideoStats:
+    """Counts and timings of one video or camera session, for the summary line and --benchmark."""
+
+    frames: int = 0  # frames the pipeline took (each one written to the annotated video)
+    analysed: int = 0  # frames whose faces were found and classified (--every)
+    faces: int = 0
+    dropped: int = 0  # frames a camera (or --realtime) delivered while the pipeline was busy: never seen
+    whole: int = 0  # whole-frame detections
+    followed: int = 0  # frames whose faces were followed near their last boxes (--track)
+    model_calls: int = 0
+    seconds: float = 0.0
+    detect_s: float = 0.0
+    model_s: float = 0.0
+    warmup_s: float = 0.0
+    latencies: list[float] = field(default_factory=list)  # capture to label, seconds, one per frame taken
+    stopped: bool = False  # ended by Ctrl-C or q before the source ended
+
+    def latency_ms(self, percent: float) -> float:
+        """A percentile of the capture-to-label latency, in ms."""
+        return 1000 * float(np.percentile(self.latencies, percent)) if self.latencies else float("nan")
+
+    def fps(self) -> float:
+        """Frames taken per second of wall time, one-off compilation left out."""
+        return self.frames / max(self.seconds - self.warmup_s, 1e-9)
+
+    def summary(self, name: str) -> str:
+        """One line: end-to-end FPS, latency, detection and model-only time (one-off compilation left out)."""
+        model = (f"model {1000 * self.model_s / self.model_calls:.1f} ms per frame with faces = "
+                 f"{self.model_calls / self.model_s:.1f} FPS model-only" if self.model_calls else "model-only: no face")
+        warm = f"; {self.warmup_s:.1f} s one-off warm-up left out" if self.warmup_s > 0.05 else ""
+        detect = (f"detection {1000 * self.detect_s / self.analysed:.1f} ms/frame ({self.whole} whole-frame, "
+                  f"{self.followed} followed); " if self.analysed else "")
+        dropped = f", {self.dropped} dropped" if self.dropped else ""
+        dropped += ", stopped by Ctrl-C or q" if self.stopped else ""
+        return (f"{name}: {self.frames} frames ({self.analysed} analysed, {self.faces} faces{dropped}) in "
+                f"{self.seconds - self.warmup_s:.1f} s: {self.fps():.1f} FPS end to end; capture to label p50 "
+                f"{self.latency_ms(50):.1f} ms, p95 {self.latency_ms(95):.1f} ms; {detect}{model}{warm}")
+
+
+class VideoOutput:
+    """An annotated mp4 written to a temporary file beside its name, renamed only once complete (finish)."""
+
+    def __init__(self, cv2: Any, path: Path, fps: float) -> None:
+        self.cv2, self.path, self.fps = cv2, path, fps
+        self.tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.mp4")
+        self.writer: Any = None
+
+    def write(self, bgr: np.ndarray) -> None:
+        """Append a frame (opened at the first frame's size)."""
+        if self.writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.writer = self.cv2.VideoWriter(str(self.tmp), self.cv2.VideoWriter_fourcc(*"mp4v"), self.fps,
+                                               (bgr.shape[1], bgr.shape[0]))
+            if not self.writer.isOpened():
+                raise utils.UserError(f"cannot write video {self.tmp} (mp4v codec missing from OpenCV?)")
+        self.writer.write(bgr)
+
+    def finish(self) -> None:
+        """Close the file and give it its name."""
+        if self.writer is not None:
+            self.writer.release()
+            os.replace(self.tmp, self.path)
+
+    def discard(self) -> None:
+        """Close and remove a half-written file."""
+        if self.writer is not None:
+            self.writer.release()
+            self.tmp.unlink(missing_ok=True)
+
+
+class Window:
+    """--show: the annotated frames in an OpenCV window; q (or Esc) in it ends the session."""
+
+    QUIT_KEYS = (ord("q"), 27)
+
+    def __init__(self, cv2: Any, title: str) -> None:
+        self.cv2, self.title = cv2, title
+        cv2.namedWindow(title)  # main() checked that this OpenCV has a GUI
+
+    def show(self, bgr: np.ndarray) -> bool:
+        """Draw a frame; True when q or Esc was pressed."""
+        self.cv2.imshow(self.title, bgr)
+        return (self.cv2.waitKey(1) & 0xFF) in self.QUIT_KEYS
+
+    def close(self) -> None:
+        """Close the window."""
+        self.cv2.destroyWindow(self.title)
+
+
+def check_window(cv2: Any) -> None:
+    """--show fails at once, with the install to fix it, when this OpenCV has no GUI (the -headless wheel)."""
+    try:
+        cv2.namedWindow("predict.py")
+        cv2.destroyWindow("predict.py")
+    except cv2.error:
+        raise utils.UserError("--show needs OpenCV with a GUI, not opencv-python-headless: pip uninstall "
+                              "opencv-python-headless && pip install 'opencv-python<5'") from None
+
+
+def open_capture(cv2: Any, src: Source) -> tuple[Any, float, int]:
+    """The opened capture of a video file or camera, its frame rate (30 when unknown) and frame count (0: unknown)."""
+    camera = src.kind == "camera"
+    capture = cv2.VideoCapture(int(src.path) if camera else src.path)
+    if not capture.isOpened():
+        raise utils.UserError(f"cannot open {'camera ' + src.path if camera else 'video ' + src.path}")
+    total = 0 if camera else max(0, int(capture.get(cv2.CAP_PROP_FRAME_COUNT)))
+    return capture, capture.get(cv2.CAP_PROP_FPS) or 30.0, total
+
+
+def predict_video(src: Source, cv2: Any, classifier: expressions.FaceClassifier, detector: detectors.FaceDetector,
+                  transform: Callable[[Image.Image], torch.Tensor], classes: Sequence[str],
+                  args: argparse.Namespace, names: expressions.OutputNames | None
+                  ) -> tuple[list[list[Any]], VideoStats]:
+    """CSV rows for every analysed frame and face of a video file or camera, and its timing stats.
+
+    A camera (and a file with --realtime) is read in its own thread and the newest frame is always taken; a file
+    is read frame by frame, every frame taken. Ctrl-C (or q in the --show window) ends it after the frame in
+    progress, with the rows and the annotated video complete up to there.
+    """
+    capture, fps_in, total = open_capture(cv2, src)
+    live = src.kind == "camera" or args.realtime
+    # A camera paces itself; a file under --realtime is released at its own frame rate.
+    reader = NewestFrame(capture.read, 0.0 if src.kind == "camera" else fps_in) if live \
+        else InOrder(capture.read)
+    output = VideoOutput(cv2, names(src.rel, ".mp4"), fps_in) if names is not None else None
+    finder = FaceFinder(detector, args.detect_every, args.track)
+    tracker = expressions.FaceTracker(alpha=args.smooth, max_missed=10 * args.every)
+    total = min(total, args.max_frames) if args.max_frames and total else total
+    stats, rows, shown = VideoStats(), [], []
+    meter = utils.Progress(total, src.name) if total > 0 and not live else None
+    warm_before, model_before, calls_before = classifier.warmup_s, classifier.model_s, classifier.model_calls
+    window = None
+    start = last_print = time.perf_counter()
+    try:
+        window = Window(cv2, f"predict.py {src.name} (q: quit)") if args.show else None
+        with stop_on_interrupt() as stop, reader:
+            print(f"{src.name}: " + ("always the newest frame" if live else "every frame") + "; Ctrl-C"
+                  + (" or q" if window else "") + " stops, keeping what was done", flush=True)
+            for frame in reader.frames(stop):
+                if stats.frames % args.every == 0:
+                    shown = _analyse_frame(src.name, frame, classifier, finder, transform, tracker, classes,
+                                           args.margin, rows, stats)
+                stats.frames += 1
+                if output is not None or window is not None:
+                    annotated = np.ascontiguousarray(np.asarray(
+                        expressions.draw_faces(Image.fromarray(frame.image[:, :, ::-1]), shown))[:, :, ::-1])
+                    if output is not None:
+                        output.write(annotated)
+                    if window is not None and window.show(annotated):
+                        stop.set()
+                stats.latencies.append(time.perf_counter() - frame.captured)
+                if meter is not None:
+                    meter.step()
+                elif time.perf_counter() - last_print >= 5.0:
+                    last_print = time.perf_counter()
+                    print(f"{src.name}: {stats.frames} frames, {stats.frames / (last_print - start):.1f} FPS",
+                          flush=True)
+                if stats.frames == args.max_frames:
+                    break
+            stats.stopped = stop.is_set()
+    except BaseException:
+        if output is not None:
+            output.discard()
+        raise
+    finally:
+        capture.release()  # after the reading thread has stopped (leaving `with reader` waits for it)
+        if window is not None:
+            window.close()
+    if stats.frames == 0 and not stats.stopped:
+        raise utils.UserError(f"cannot read {'camera ' + src.path if src.kind == 'camera' else 'video ' + src.path}"
+                              ": no frame could be decoded")
+    if output is not None:
+        output.finish()  # nothing to do when no frame was written
+    stats.seconds = time.perf_counter() - start
+    stats.dropped, stats.whole, stats.followed = reader.dropped, finder.whole, finder.followed
+    stats.model_s = classifier.model_s - model_before
+    stats.model_calls = classifier.model_calls - calls_before
+    stats.warmup_s = classifier.warmup_s - warm_before
+    return rows, stats
+
+
+def _analyse_frame(name: str, frame: Frame, classifier: expressions.FaceClassifier, finder: FaceFinder,
+                   transform: Callable[[Image.Image], torch.Tensor], tracker: expressions.FaceTracker,
+                   classes: Sequence[str], margin: float, rows: list[list[Any]],
+                   stats: VideoStats) -> list[tuple[detectors.Box, str]]:
+    """Find, classify (one batch), track and smooth the faces of one BGR frame; appends rows, returns captions."""
+    image = frame.image
+    height, width = image.shape[:2]
+    start = time.perf_counter()
+    boxes = finder(image[:, :, ::-1])  # BGR -> RGB view
+    stats.detect_s += time.perf_counter() - start
+    stats.analysed += 1
+    if boxes:
+        crops = []
+        for box in boxes:
+            x, y, w, h = expressions.expand_box(box, margin, width, height)
+            # BGR -> RGB, the channel order the model was trained on (PIL-decoded images).
+            crops.append(transform(Image.fromarray(np.ascontiguousarray(image[y:y + h, x:x + w, ::-1]))))
+        probs = classifier(torch.stack(crops))
+    else:
+        probs = np.zeros((0, len(classes)))
+    tracks = tracker.update(frame.index, boxes, probs)
+    stats.faces += len(boxes)
+    for box, track in zip(boxes, tracks):
+        rows.append(expressions.csv_row(name, frame.index, track.id, box, track.probs, classes))
+    return [(box, expressions.caption(track.probs, classes, track.id)) for box, track in zip(boxes, tracks)]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Faces kept: a run against detection on every frame
+# ---------------------------------------------------------------------------------------------------------------------
+
+# A face counts as kept when a box of the same frame overlaps the every-frame detection's box this much (the usual
+# detection criterion).
+KEPT_IOU = 0.5
+
+
+def agreement(reference: Sequence[Sequence[Any]], rows: Sequence[Sequence[Any]]) -> tuple[float, float]:
+    """Of the faces in the reference rows (detection on every frame): the share a run found in the same frame
+    (IoU >= KEPT_IOU) and, of those, the share given the same label. Rows are predictions.csv rows."""
+    by_frame: dict[int, list[Sequence[Any]]] = {}
+    for row in rows:
+        by_frame.setdefault(row[1], []).append(row)
+    kept = agree = 0
+    for ref in reference:
+        scored = [(detectors.iou(tuple(ref[3:7]), tuple(row[3:7])), row) for row in by_frame.get(ref[1], [])]
+        best = max(scored, key=lambda pair: pair[0], default=(0.0, None))
+        if best[0] >= KEPT_IOU:
+            kept += 1
+            agree += best[1][7] == ref[7]
+    return (kept / len(reference) if reference else float("nan")), (agree / kept if kept else float("nan"))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

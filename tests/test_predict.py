@@ -15,6 +15,7 @@ from PIL import Image
 import data
 import detectors
 import evaluate
+import expressions
 import models
 import predict
 import utils
@@ -127,7 +128,7 @@ def test_crops_match_evaluate(demo_data, ckpt, tmp_path, tta):
 
 
 def test_tracker_matches_moving_faces_and_smooths():
-    tracker = predict.FaceTracker(alpha=0.25, max_missed=2)
+    tracker = expressions.FaceTracker(alpha=0.25, max_missed=2)
     a, b = np.eye(8)[0], np.eye(8)[1]
     first = tracker.update(0, [(100, 100, 50, 50), (300, 100, 50, 50)], np.stack([a, b]))
     assert [t.id for t in first] == [0, 1]

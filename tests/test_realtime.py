@@ -304,7 +304,7 @@ def test_agreement_counts_kept_faces_and_same_labels():
            row(1, (0, 0, 100, 100), 5),  # kept, another label
            row(2, (60, 0, 100, 100), 3),  # IoU 0.25: not kept
            row(4, (0, 0, 100, 100), 4)]  # another frame: frame 3's face is not kept
-    assert predict.agreement(reference, run) == (0.5, 0.5)
+    assert realtime.agreement(reference, run) == (0.5, 0.5)
 
 
 def test_one_bad_file_does_not_stop_a_batch(ckpt, tmp_path, capsys):
