@@ -310,7 +310,7 @@ class VideoOutput:
             self.writer = self.cv2.VideoWriter(str(self.tmp), self.cv2.VideoWriter_fourcc(*"mp4v"), self.fps,
                                                (bgr.shape[1], bgr.shape[0]))
             if not self.writer.isOpened():
-                raise utils.UserError(f"cannot write video {self.tmp} (mp4v codec missing from OpenCV?)")
+                raise utils.UserError(f"cannot write video {self.path} (mp4v codec missing from OpenCV?)")
         self.writer.write(bgr)
 
     def finish(self) -> None:
@@ -531,19 +531,13 @@ def clip_frame(cv2: Any, photo: np.ndarray, seconds: float) -> np.ndarray:
 
 def write_clip(cv2: Any, path: str | os.PathLike, frames: int = 300, fps: float = 30.0) -> None:
     """A CLIP_SIZE mp4 clip of `frames` frames moving over the astronaut portrait (one real face per frame),
-    written to a temporary file and renamed when complete."""
+    written to a temporary file and renamed when complete (VideoOutput)."""
     photo = _astronaut()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, CLIP_SIZE)
+    output = VideoOutput(cv2, Path(path), fps)
     try:
-        if not writer.isOpened():
-            raise utils.UserError(f"cannot write video {path} (mp4v codec missing from OpenCV?)")
         for i in range(frames):
-            writer.write(np.ascontiguousarray(clip_frame(cv2, photo, i / fps)[:, :, ::-1]))
-        writer.release()
-        os.replace(tmp, path)
-    finally:
-        writer.release()
-        tmp.unlink(missing_ok=True)
+            output.write(np.ascontiguousarray(clip_frame(cv2, photo, i / fps)[:, :, ::-1]))
+    except BaseException:
+        output.discard()
+        raise
+    output.finish()
