@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import itertools
 import math
 import os
 import platform
@@ -44,7 +43,7 @@ import torch.distributed as dist
 import torchvision
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, Sampler, Subset
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 import data
 import losses
@@ -170,11 +169,6 @@ def float_list(expected: str, highs: tuple[float, ...]) -> Callable[[str], list[
 
 parse_jitter = float_list("B,C,S,H with B, C, S in [0, 1] and H in [0, 0.5]", (1, 1, 1, 0.5))
 parse_affine = float_list("DEG,SHIFT,SCALE with DEG in [0, 180] and SHIFT, SCALE in [0, 0.5]", (180, 0.5, 0.5))
-
-
-def augment_from(args: argparse.Namespace) -> data.Augment:
-    """The training augmentation the flags ask for."""
-    return data.Augment(args.hflip, *args.jitter, *args.affine, args.erase)
 
 
 def parse_alpha(text: str) -> str | list[float]:
@@ -363,45 +357,19 @@ def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
 
 
-class BalancedSampler(Sampler[int]):
-    """Inverse-class-frequency sampling with replacement, len(dataset) / world draws per process and epoch.
-
-    Each process draws from its own (seed, epoch, rank) stream: DDP ranks see different samples,
-    and a resumed epoch redraws exactly what the uninterrupted run drew.
-    """
-
-    def __init__(self, labels: list[int], seed: int, rank: int = 0, world: int = 1) -> None:
-        counts = np.bincount(labels)
-        self.weights = torch.tensor([1.0 / counts[label] for label in labels], dtype=torch.float64)
-        self.num_samples = math.ceil(len(labels) / world)
-        self.seed, self.rank, self.epoch = seed, rank, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch's stream (as DistributedSampler.set_epoch)."""
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch, self.rank))
-        return iter(torch.multinomial(self.weights, self.num_samples, replacement=True, generator=generator).tolist())
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-
 class Loaders:
     """The run's data: a fresh training loader per epoch and this process's validation loader."""
 
     def __init__(self, args: argparse.Namespace, inputs: RunInputs, rank: int, world: int) -> None:
         self.batch, self.workers, self.seed, self.rank = inputs.batch, args.workers, args.seed, rank
         self.train_set = data.FaceDataset(inputs.train_samples, args.img_size, grayscale=args.grayscale)
-        self.sampler: DistributedSampler | BalancedSampler
+        # Also for one process: its per-epoch shuffle depends on (seed, epoch) only, so resume is exact.
+        self.shuffle = DistributedSampler(self.train_set, num_replicas=world, rank=rank, shuffle=True, seed=args.seed)
+        self.balanced = None  # --sampler balanced: each image's draw weight, 1 / its class's count
         if args.sampler == "balanced":
-            self.sampler = BalancedSampler([s.label for s in inputs.train_samples], args.seed, rank, world)
-        else:
-            # Also for one process: its per-epoch shuffle depends on (seed, epoch) only, so resume is exact.
-            self.sampler = DistributedSampler(self.train_set, num_replicas=world, rank=rank, shuffle=True,
-                                              seed=args.seed)
-        self.steps = len(self.sampler) // self.batch  # full batches only
+            labels = np.array([s.label for s in inputs.train_samples])
+            self.balanced = torch.from_numpy(1.0 / np.bincount(labels))[labels]
+        self.steps = len(self.shuffle) // self.batch  # full batches only (balanced draws as many images)
         if self.steps == 0:
             raise utils.UserError(f"{args.train_csv}: {len(inputs.train_samples)} images give no full batch of "
                                   f"{args.batch_size}; lower --batch-size")
@@ -413,11 +381,17 @@ class Loaders:
 
     def epoch_loader(self, epoch: int, done: EpochProgress | None) -> DataLoader:
         """The epoch's batches after the `done` steps."""
-        self.sampler.set_epoch(epoch)
-        sampler = ResumedSampler(self.sampler, done.step * self.batch) if done else self.sampler
-        # A fresh loader per epoch from a (seed, epoch, rank) generator: what it yields depends on nothing else.
-        return data.make_loader(self.train_set, self.batch, self.workers, sampler=sampler,
-                                seed=epoch_seed(self.seed, epoch, self.rank), drop_last=True)
+        # What an epoch yields depends on (seed, epoch, rank) only, so a resumed epoch skips to where it stopped.
+        seed = epoch_seed(self.seed, epoch, self.rank)
+        if self.balanced is None:
+            self.shuffle.set_epoch(epoch)
+            order = list(self.shuffle)
+        else:  # inverse class frequency, with replacement; DDP ranks draw from their own streams
+            generator = torch.Generator().manual_seed(seed)
+            order = torch.multinomial(self.balanced, len(self.shuffle), replacement=True, generator=generator).tolist()
+        skip = done.step * self.batch if done else 0
+        return data.make_loader(self.train_set, self.batch, self.workers, sampler=order[skip:], seed=seed,
+                                drop_last=True)
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
@@ -480,8 +454,8 @@ def build_training(args: argparse.Namespace, inputs: RunInputs, cfg: StepConfig,
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(args.epochs * cfg.steps, round(args.warmup_epochs * cfg.steps)))
     scaler = torch.amp.GradScaler("cuda") if cfg.amp_on and cfg.amp_dtype == "float16" else None
-    return Training(model, model, data.BatchAugment(augment_from(args)), criterion, optimizer, scheduler,
-                    scaler, ema)
+    augment = data.BatchAugment(data.Augment(args.hflip, *args.jitter, *args.affine, args.erase))
+    return Training(model, model, augment, criterion, optimizer, scheduler, scaler, ema)
 
 
 def rng_state() -> dict:
@@ -591,19 +565,6 @@ def position_text(state: dict) -> str:
     if partial:
         return f"step {partial['step']} of epoch {state['epoch'] + 1}"
     return f"epoch {state['epoch']}"
-
-
-class ResumedSampler(Sampler[int]):
-    """An epoch's sampler order from position `skip` on: the rest of an epoch interrupted after `skip` images."""
-
-    def __init__(self, sampler: Sampler[int], skip: int) -> None:
-        self.sampler, self.skip = sampler, skip
-
-    def __iter__(self) -> Iterator[int]:
-        return itertools.islice(iter(self.sampler), self.skip, None)
-
-    def __len__(self) -> int:
-        return len(self.sampler) - self.skip
 
 
 # --- Training and validation ---
