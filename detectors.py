@@ -131,7 +131,6 @@ def centre_distance(a: Box, b: Box) -> float:
 class HaarDetector(FaceDetector):
     """OpenCV's frontal-face Haar cascade; with profile=True also its profile cascade on the image and its mirror."""
 
-    name = "haar"
     FRONTAL, PROFILE = "haarcascade_frontalface_default.xml", "haarcascade_profileface.xml"
 
     def __init__(self, cv2: Any, min_face: int = 40, max_side: int = 640, profile: bool = False) -> None:

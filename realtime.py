@@ -50,18 +50,14 @@ class Frame:
 # ---------------------------------------------------------------------------------------------------------------------
 
 @dataclass
-class InOrder:
+class InOrder(contextlib.AbstractContextManager):
     """Every frame of a source, read when the pipeline asks for the next one (a video file: nothing is dropped)."""
 
     read: Reader
     dropped: int = 0
 
-    def __enter__(self) -> InOrder:
-        """Nothing to start: frames are read by the pipeline's own thread."""
-        return self
-
     def __exit__(self, *exc: object) -> None:
-        """Nothing to stop."""
+        """Nothing to start or stop: frames are read by the pipeline's own thread."""
 
     def frames(self, stop: threading.Event) -> Iterator[Frame]:
         """Frames until the source ends or `stop` is set."""
@@ -137,11 +133,11 @@ class NewestFrame:
                 self._ended = True
                 self._ready.notify()
 
-    def take(self, stop: threading.Event | None = None) -> Frame | None:
+    def take(self, stop: threading.Event) -> Frame | None:
         """The newest frame not taken yet, waiting for one; None once the source has ended or `stop` is set."""
         with self._ready:
             while self._newest is None and not self._ended:
-                if stop is not None and stop.is_set():
+                if stop.is_set():
                     return None
                 self._ready.wait(POLL_S)
             if self._error is not None:
@@ -289,7 +285,7 @@ class VideoStats:
                 f"{self.latency_ms(50):.1f} ms, p95 {self.latency_ms(95):.1f} ms; {detect}{model}{warm}")
 
 
-class VideoOutput:
+class VideoOutput(contextlib.AbstractContextManager):
     """An annotated mp4 written to a temporary file beside its name; leaving the `with` block gives the file its
     name, or removes it, half-written, when the block raised."""
 
@@ -297,10 +293,6 @@ class VideoOutput:
         self.cv2, self.path, self.fps = cv2, path, fps
         self.tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.mp4")
         self.writer: Any = None
-
-    def __enter__(self) -> VideoOutput:
-        """Nothing to open yet: the file is opened at the first frame's size."""
-        return self
 
     def write(self, bgr: np.ndarray) -> None:
         """Append a frame (opened at the first frame's size)."""
