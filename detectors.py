@@ -54,10 +54,10 @@ def iou(a: Box, b: Box) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def merge(boxes: list[Box], scores: list[float], max_iou: float = 0.3) -> list[Box]:
-    """Non-maximum suppression: the best-scoring box of every group that overlaps by more than max_iou."""
+def merge(boxes: list[Box], max_iou: float = 0.3) -> list[Box]:
+    """Non-maximum suppression in list order: each box unless it overlaps an earlier kept one by more than max_iou."""
     kept: list[Box] = []
-    for _, box in sorted(zip(scores, boxes), key=lambda pair: -pair[0]):
+    for box in boxes:
         if all(iou(box, other) <= max_iou for other in kept):
             kept.append(box)
     return kept
@@ -111,7 +111,7 @@ class FaceDetector:
         found = [clamp((left + bx / scale, top + by / scale, bw / scale, bh / scale), width, height)
                  for (bx, by, bw, bh), _ in self.detect(small, round(NEAR_SHRINK * NEAR_FACE_PX))]
         # The search region may hold a neighbour's face too: the one that overlaps the old box most is this face.
-        return max((b for b in found if b is not None), key=lambda b: (iou(b, box), -_centre_distance(b, box)),
+        return max((b for b in found if b is not None), key=lambda b: (iou(b, box), -centre_distance(b, box)),
                    default=None)
 
 
@@ -123,7 +123,7 @@ def clamp(box: tuple[float, float, float, float], width: int, height: int) -> Bo
     return (left, top, right - left, bottom - top) if right > left and bottom > top else None
 
 
-def _centre_distance(a: Box, b: Box) -> float:
+def centre_distance(a: Box, b: Box) -> float:
     """Distance between the centres of two boxes, in pixels."""
     return float(np.hypot(a[0] + a[2] / 2 - b[0] - b[2] / 2, a[1] + a[3] / 2 - b[1] - b[3] / 2))
 
@@ -131,7 +131,6 @@ def _centre_distance(a: Box, b: Box) -> float:
 class HaarDetector(FaceDetector):
     """OpenCV's frontal-face Haar cascade; with profile=True also its profile cascade on the image and its mirror."""
 
-    name = "haar"
     FRONTAL, PROFILE = "haarcascade_frontalface_default.xml", "haarcascade_profileface.xml"
 
     def __init__(self, cv2: Any, min_face: int = 40, max_side: int = 640, profile: bool = False) -> None:
@@ -165,7 +164,7 @@ class HaarDetector(FaceDetector):
                     boxes.append((int(width - x - w) if mirrored else int(x), int(y), int(w), int(h)))
         if len(self.cascades) > 1:
             # Cascades give no comparable score: earlier boxes (the frontal cascade's first) win overlaps.
-            boxes = merge(boxes, [-float(i) for i in range(len(boxes))])
+            boxes = merge(boxes)
         return [(box, 0.0) for box in boxes]
 
 

@@ -61,9 +61,7 @@ class FaceTracker:
         overlap = detectors.iou(track.box, box)
         if overlap >= self.min_iou:
             return overlap
-        (tx, ty, tw, th), (x, y, w, h) = track.box, box
-        distance = np.hypot(tx + tw / 2 - x - w / 2, ty + th / 2 - y - h / 2)
-        return 1e-3 if distance < 0.5 * max(tw, th, w, h) else 0.0
+        return 1e-3 if detectors.centre_distance(track.box, box) < 0.5 * max(*track.box[2:], *box[2:]) else 0.0
 
     def update(self, frame: int, boxes: Sequence[detectors.Box], probs: np.ndarray) -> list[Track]:
         """Assign this frame's faces (boxes, probs [N, C]) to tracks; returns their tracks in the order of boxes."""
@@ -113,23 +111,18 @@ class FaceClassifier:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def _compiled(self, bucket: int) -> models.FastModel:
-        """The fast path for batches of exactly `bucket` images, built (and compiled) on first use."""
-        if bucket not in self.compiled:
-            example = torch.zeros(bucket, 3, self.img_size, self.img_size, device=self.device)
-            self.compiled[bucket] = models.make_fast(self.model, self.device, example)
-        return self.compiled[bucket]
-
     def _run_fast(self, x: torch.Tensor) -> torch.Tensor:
         """Logits through the fast path: chunks of <= 8, each zero-padded up to its bucket size."""
-        largest = FAST_BUCKETS[-1]
         outputs = []
-        for chunk in x.split(largest):
+        for chunk in x.split(FAST_BUCKETS[-1]):
             n = chunk.shape[0]
             bucket = next(b for b in FAST_BUCKETS if b >= n)
+            if bucket not in self.compiled:  # each bucket's path is built (and compiled) on first use
+                example = torch.zeros(bucket, 3, self.img_size, self.img_size, device=self.device)
+                self.compiled[bucket] = models.make_fast(self.model, self.device, example)
             if n < bucket:
                 chunk = torch.cat([chunk, chunk.new_zeros(bucket - n, *chunk.shape[1:])])
-            outputs.append(self._compiled(bucket)(chunk)[:n])  # FastModel returns float32
+            outputs.append(self.compiled[bucket](chunk)[:n])  # FastModel returns float32
         return torch.cat(outputs)
 
     @torch.inference_mode()
@@ -174,9 +167,7 @@ class FaceClassifier:
 def use_fast_path(choice: str, device: torch.device) -> bool:
     """--fast auto: the compiled path on CUDA only. On a CPU it was ~1.2x faster at 224 px here but costs 10-20 s
     of compilation per face-batch size, which only a long video or camera session earns back (--fast on)."""
-    if choice == "auto":
-        return device.type == "cuda"
-    return choice == "on"
+    return device.type == "cuda" if choice == "auto" else choice == "on"
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ import utils
 # The released model (pretrained/README.md is its card): what predict.py runs when no --ckpt is given.
 RELEASED_MODEL = Path(__file__).resolve().parent / "pretrained" / "fer2013.pt"
 VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
+KINDS: dict[str, str] = {**dict.fromkeys(data.IMAGE_EXTENSIONS, "image"), **dict.fromkeys(VIDEO_EXTENSIONS, "video")}
 # Inputs are decoded once before the model loads, at reduced scale down to this side: a damaged file shows at any
 # scale, and a reduced-scale JPEG decode costs a fraction of a full one.
 CHECK_SIZE = 64
@@ -55,10 +56,7 @@ DETECT_EVERY = 10
 
 def _kind(path: Path) -> str | None:
     """"image" / "video" by extension, None for anything else."""
-    suffix = path.suffix.lower()
-    if suffix in data.IMAGE_EXTENSIONS:
-        return "image"
-    return "video" if suffix in VIDEO_EXTENSIONS else None
+    return KINDS.get(path.suffix.lower())
 
 
 def collect_sources(inputs: Sequence[str], camera: int | None, out_dir: Path) -> list[realtime.Source]:
@@ -71,15 +69,13 @@ def collect_sources(inputs: Sequence[str], camera: int | None, out_dir: Path) ->
             found = [p for p in sorted(path.rglob("*"))
                      if p.is_file() and _kind(p) and out_dir not in p.resolve().parents]
             if not found:
-                raise utils.UserError(f"no images or videos in folder {item} "
-                                      f"(looked for {', '.join(data.IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)})")
+                raise utils.UserError(f"no images or videos in folder {item} (looked for {', '.join(KINDS)})")
             top = path.resolve().name or "input"
             sources += [realtime.Source(_kind(p), str(p), str(p), str(Path(top, p.relative_to(path)))) for p in found]
         elif path.is_file():
             kind = _kind(path)
             if kind is None:
-                raise utils.UserError(f"{item}: not an image or video file (known extensions: "
-                                      f"{', '.join(data.IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)})")
+                raise utils.UserError(f"{item}: not an image or video file (known extensions: {', '.join(KINDS)})")
             sources.append(realtime.Source(kind, str(path), item, path.name))
         else:
             raise utils.UserError(f"input not found: {item}")

@@ -49,20 +49,15 @@ class Frame:
 # Frame sources
 # ---------------------------------------------------------------------------------------------------------------------
 
-class InOrder:
+@dataclass
+class InOrder(contextlib.AbstractContextManager):
     """Every frame of a source, read when the pipeline asks for the next one (a video file: nothing is dropped)."""
 
-    dropped = 0
-
-    def __init__(self, read: Reader) -> None:
-        self.read = read
-
-    def __enter__(self) -> InOrder:
-        """Nothing to start: frames are read by the pipeline's own thread."""
-        return self
+    read: Reader
+    dropped: int = 0
 
     def __exit__(self, *exc: object) -> None:
-        """Nothing to stop."""
+        """Nothing to start or stop: frames are read by the pipeline's own thread."""
 
     def frames(self, stop: threading.Event) -> Iterator[Frame]:
         """Frames until the source ends or `stop` is set."""
@@ -102,10 +97,6 @@ class NewestFrame:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        """Stop the reading thread and wait for it."""
-        self.close()
-
-    def close(self) -> None:
         """Stop reading and wait for the thread (it finishes the read in progress, at most one frame's time)."""
         self._closing.set()
         if self._thread.is_alive():
@@ -142,11 +133,11 @@ class NewestFrame:
                 self._ended = True
                 self._ready.notify()
 
-    def take(self, stop: threading.Event | None = None) -> Frame | None:
+    def take(self, stop: threading.Event) -> Frame | None:
         """The newest frame not taken yet, waiting for one; None once the source has ended or `stop` is set."""
         with self._ready:
             while self._newest is None and not self._ended:
-                if stop is not None and stop.is_set():
+                if stop.is_set():
                     return None
                 self._ready.wait(POLL_S)
             if self._error is not None:
@@ -190,12 +181,11 @@ def _follow(detector: detectors.FaceDetector, rgb: np.ndarray,
     """Each face searched again near its last box (FaceDetector.near); None when one is lost."""
     found = []
     for box in boxes:
-        near = detector.near(rgb, box)
-        if near is None:
+        if (near := detector.near(rgb, box)) is None:
             return None
         found.append(near)
     # Two faces that walked into each other are found as one: keep it once.
-    return detectors.merge(found, [-float(i) for i in range(len(found))])
+    return detectors.merge(found)
 
 
 def _hold(detector: detectors.FaceDetector, rgb: np.ndarray, boxes: list[detectors.Box]) -> list[detectors.Box]:
@@ -295,8 +285,9 @@ class VideoStats:
                 f"{self.latency_ms(50):.1f} ms, p95 {self.latency_ms(95):.1f} ms; {detect}{model}{warm}")
 
 
-class VideoOutput:
-    """An annotated mp4 written to a temporary file beside its name, renamed only once complete (finish)."""
+class VideoOutput(contextlib.AbstractContextManager):
+    """An annotated mp4 written to a temporary file beside its name; leaving the `with` block gives the file its
+    name, or removes it, half-written, when the block raised."""
 
     def __init__(self, cv2: Any, path: Path, fps: float) -> None:
         self.cv2, self.path, self.fps = cv2, path, fps
@@ -313,17 +304,14 @@ class VideoOutput:
                 raise utils.UserError(f"cannot write video {self.path} (mp4v codec missing from OpenCV?)")
         self.writer.write(bgr)
 
-    def finish(self) -> None:
-        """Close the file and give it its name."""
+    def __exit__(self, error: type[BaseException] | None, *exc: object) -> None:
+        """Close the file (nothing to do when no frame was written) and rename it, or remove it after an error."""
         if self.writer is not None:
             self.writer.release()
-            os.replace(self.tmp, self.path)
-
-    def discard(self) -> None:
-        """Close and remove a half-written file."""
-        if self.writer is not None:
-            self.writer.release()
-            self.tmp.unlink(missing_ok=True)
+            if error is None:
+                os.replace(self.tmp, self.path)
+            else:
+                self.tmp.unlink(missing_ok=True)
 
 
 class Window:
@@ -360,7 +348,7 @@ def open_capture(cv2: Any, src: Source) -> tuple[Any, float, int]:
     camera = src.kind == "camera"
     capture = cv2.VideoCapture(int(src.path) if camera else src.path)
     if not capture.isOpened():
-        raise utils.UserError(f"cannot open {'camera ' + src.path if camera else 'video ' + src.path}")
+        raise utils.UserError(f"cannot open {src.kind} {src.path}")
     total = 0 if camera else max(0, int(capture.get(cv2.CAP_PROP_FRAME_COUNT)))
     return capture, capture.get(cv2.CAP_PROP_FPS) or 30.0, total
 
@@ -391,7 +379,7 @@ def predict_video(src: Source, cv2: Any, classifier: expressions.FaceClassifier,
     start = last_print = time.perf_counter()
     try:
         window = Window(cv2, f"predict.py {src.name} (q: quit)") if args.show else None
-        with stop_on_interrupt() as stop, reader:
+        with stop_on_interrupt() as stop, reader, output or contextlib.nullcontext():
             print(f"{src.name}: " + ("always the newest frame" if live else "every frame") + "; Ctrl-C"
                   + (" or q" if window else "") + " stops, keeping what was done", flush=True)
             for frame in reader.frames(stop):
@@ -416,19 +404,12 @@ def predict_video(src: Source, cv2: Any, classifier: expressions.FaceClassifier,
                 if stats.frames == args.max_frames:
                     break
             stats.stopped = stop.is_set()
-    except BaseException:
-        if output is not None:
-            output.discard()
-        raise
     finally:
         capture.release()  # after the reading thread has stopped (leaving `with reader` waits for it)
         if window is not None:
             window.close()
     if stats.frames == 0 and not stats.stopped:
-        raise utils.UserError(f"cannot read {'camera ' + src.path if src.kind == 'camera' else 'video ' + src.path}"
-                              ": no frame could be decoded")
-    if output is not None:
-        output.finish()  # nothing to do when no frame was written
+        raise utils.UserError(f"cannot read {src.kind} {src.path}: no frame could be decoded")
     stats.seconds = time.perf_counter() - start
     stats.dropped, stats.whole, stats.followed = reader.dropped, finder.whole, finder.followed
     stats.model_s = classifier.model_s - model_before
@@ -448,15 +429,10 @@ def _analyse_frame(name: str, frame: Frame, classifier: expressions.FaceClassifi
     boxes = finder(image[:, :, ::-1])  # BGR -> RGB view
     stats.detect_s += time.perf_counter() - start
     stats.analysed += 1
-    if boxes:
-        crops = []
-        for box in boxes:
-            x, y, w, h = expressions.expand_box(box, margin, width, height)
-            # BGR -> RGB, the channel order the model was trained on (PIL-decoded images).
-            crops.append(transform(Image.fromarray(np.ascontiguousarray(image[y:y + h, x:x + w, ::-1]))))
-        probs = classifier(torch.stack(crops))
-    else:
-        probs = np.zeros((0, len(classes)))
+    # BGR -> RGB, the channel order the model was trained on (PIL-decoded images).
+    crops = [transform(Image.fromarray(np.ascontiguousarray(image[y:y + h, x:x + w, ::-1])))
+             for x, y, w, h in (expressions.expand_box(box, margin, width, height) for box in boxes)]
+    probs = classifier(torch.stack(crops)) if crops else np.zeros((0, len(classes)))
     tracks = tracker.update(frame.index, boxes, probs)
     stats.faces += len(boxes)
     for box, track in zip(boxes, tracks):
@@ -501,15 +477,6 @@ CLIP_SIZE = (640, 480)  # width, height: a laptop camera's usual size
 _CENTRE, _ZOOM, _PAN, _ROLL = (225.0, 140.0), (1.7, 0.4, 8.0), ((60.0, 4.0), (25.0, 3.0)), (10.0, 5.0)
 
 
-def _astronaut() -> np.ndarray:
-    """scikit-image's astronaut portrait (uint8 RGB); a one-line UserError naming the install when it is missing."""
-    try:
-        return importlib.import_module("skimage.data").astronaut()
-    except ImportError:
-        raise utils.UserError("the test clip needs scikit-image (its astronaut photo): "
-                              "pip install -r requirements-test.txt") from None
-
-
 def clip_matrix(cv2: Any, seconds: float) -> np.ndarray:
     """The 2 x 3 affine map from the photo's pixels to the clip's frame at `seconds` (where the face goes)."""
     def wave(amplitude: float, period: float) -> float:
@@ -532,12 +499,11 @@ def clip_frame(cv2: Any, photo: np.ndarray, seconds: float) -> np.ndarray:
 def write_clip(cv2: Any, path: str | os.PathLike, frames: int = 300, fps: float = 30.0) -> None:
     """A CLIP_SIZE mp4 clip of `frames` frames moving over the astronaut portrait (one real face per frame),
     written to a temporary file and renamed when complete (VideoOutput)."""
-    photo = _astronaut()
-    output = VideoOutput(cv2, Path(path), fps)
     try:
+        photo = importlib.import_module("skimage.data").astronaut()
+    except ImportError:
+        raise utils.UserError("the test clip needs scikit-image (its astronaut photo): "
+                              "pip install -r requirements-test.txt") from None
+    with VideoOutput(cv2, Path(path), fps) as output:
         for i in range(frames):
             output.write(np.ascontiguousarray(clip_frame(cv2, photo, i / fps)[:, :, ::-1]))
-    except BaseException:
-        output.discard()
-        raise
-    output.finish()
