@@ -25,8 +25,6 @@ checkpoints, tradeoff.png (their validation macro-F1 against latency, beside the
 """
 import argparse
 import copy
-import csv
-import io
 import math
 import os
 import sys
@@ -65,8 +63,7 @@ def mode_list(text: str) -> tuple[str, ...]:
     if text in MODE_SETS:
         return MODE_SETS[text]
     modes = tuple(m.strip() for m in text.split(",") if m.strip())
-    unknown = [m for m in modes if m not in MODES]
-    if not modes or unknown:
+    if not modes or any(m not in MODES for m in modes):
         raise argparse.ArgumentTypeError(f"expected {', '.join(MODES)}, both, all or a comma-separated list of "
                                          f"modes, got {text!r}")
     return tuple(m for m in MODES if m in modes)  # eager first: the others are checked against it
@@ -124,8 +121,7 @@ def targets_from_args(args: argparse.Namespace) -> list[dict]:
         blocks = args.blocks or 1
         if args.blocks is not None and args.model not in models.HYBRIDS:
             raise utils.UserError(f"--blocks applies to {', '.join(models.HYBRIDS)} only, not {args.model}")
-        hybrid = args.model in models.HYBRIDS
-        name = args.model + (f"_{blocks}block" + "s" * (blocks > 1) if hybrid else "")
+        name = args.model + (f"_{blocks}block" + "s" * (blocks > 1) if args.model in models.HYBRIDS else "")
         for mode in RUNTIME_MODES:
             if getattr(args, mode) is not None:
                 raise utils.UserError(f"--{mode} goes with --ckpt (the checkpoints they were exported from)")
@@ -250,8 +246,7 @@ def time_forwards(forwards: dict[str, Callable], x: torch.Tensor, warmup: int, i
     for chunk in range(chunks):
         passes = iters * (chunk + 1) // chunks - iters * chunk // chunks
         # Every other chunk in reverse order, so a steady drift favours neither mode.
-        order = list(forwards) if chunk % 2 == 0 else list(reversed(forwards))
-        for name in order:
+        for name in reversed(forwards) if chunk % 2 else forwards:
             total_ms[name] += timed_passes(forwards[name], x, passes, per_pass[name], meter)
     stats = {}
     for name, times in per_pass.items():
@@ -401,11 +396,8 @@ def markdown(rows: list[dict], batch_size: int) -> str:
              "",
              "| Experiment | Mode | Accuracy | Macro-F1 | Params (M) | GFLOPs | Latency (ms) | FPS | GFLOP/s |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        if r["batch_size"] != batch_size:
-            continue
-        t = metrics.THESIS_RUNS.get(r["experiment"])
-        _, t_acc, t_f1, t_params, t_lat, t_fps = t if t else (None,) * 6
+    for r in [r for r in rows if r["batch_size"] == batch_size]:
+        _, t_acc, t_f1, t_params, t_lat, t_fps = metrics.THESIS_RUNS.get(r["experiment"], (None,) * 6)
         lines.append(f"| {r['experiment']} | {r['mode']} | {beside(r['accuracy'], t_acc, 4)} | "
                      f"{beside(r['macro_f1'], t_f1, 4)} | {beside(r['params_m'], t_params, 3)} | "
                      f"{fmt(r['gflop_per_image'], 2)} | {beside(r['latency_ms'], t_lat, 4)} | "
@@ -439,12 +431,7 @@ def markdown(rows: list[dict], batch_size: int) -> str:
 def write_outputs(out: str, rows: list[dict], batch_size: int) -> None:
     """benchmark.json, benchmark.csv and benchmark.md, each written atomically."""
     utils.write_json(os.path.join(out, "benchmark.json"), rows)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    with utils.atomic_write(os.path.join(out, "benchmark.csv")) as f:
-        f.write(buffer.getvalue())
+    utils.write_csv(os.path.join(out, "benchmark.csv"), COLUMNS, ([r.get(k, "") for k in COLUMNS] for r in rows))
     with utils.atomic_write(os.path.join(out, "benchmark.md")) as f:
         f.write(markdown(rows, batch_size))
     if any(r["macro_f1"] is not None for r in rows):  # checkpoints carry their validation metrics
