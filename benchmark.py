@@ -166,15 +166,6 @@ def check_onnx_matches(path: str, target: dict, mode: str) -> None:
                               + (" (export.py --int8 writes them)" if mode == "int8" else ""))
 
 
-def build(target: dict, device: torch.device, seed: int) -> torch.nn.Module:
-    """The target's model in eval mode on the device."""
-    if target["ckpt"] is not None:
-        return models.load_model(target["ckpt"], device)[0]
-    torch.manual_seed(seed)
-    return models.build_model(target["name"], num_classes=target["num_classes"], blocks=target["blocks"],
-                              weights="none").to(device).eval()
-
-
 def percentile(sorted_ms: list[float], q: float) -> float:
     """The q-th percentile (0-100) of sorted values, linear interpolation (numpy's default)."""
     pos = (len(sorted_ms) - 1) * q / 100
@@ -301,9 +292,7 @@ def measure(model: torch.nn.Module, target: dict, x: torch.Tensor, args: argpars
         with models.autocast(device, amp):
             return model(inputs)
 
-    forwards, checks = {}, {}
-    if "eager" in args.mode:
-        forwards["eager"] = eager
+    forwards, checks = ({"eager": eager} if "eager" in args.mode else {}), {}
     # Every path is built before any timing, so the compile minute does not sit between the modes' timings.
     if "fast" in args.mode:
         print(f"{tag}: building the fast path (torch.compile takes a while the first time)", flush=True)
@@ -349,7 +338,12 @@ def measure(model: torch.nn.Module, target: dict, x: torch.Tensor, args: argpars
 def bench_target(target: dict, args: argparse.Namespace, device: torch.device, amp: bool,
                  common: dict) -> list[dict]:
     """All rows of one experiment: each batch size, eager and/or fast."""
-    model = build(target, device, args.seed)
+    if target["ckpt"] is not None:
+        model = models.load_model(target["ckpt"], device)[0]
+    else:
+        torch.manual_seed(args.seed)
+        model = models.build_model(target["name"], num_classes=target["num_classes"], blocks=target["blocks"],
+                                   weights="none").to(device).eval()
     params = models.count_params(model)
     size = target["img_size"]
     gflop = forward_gflop(model, torch.zeros(1, 3, size, size, device=device))
@@ -445,8 +439,7 @@ def tradeoff(rows: list[dict], batch_size: int) -> Image.Image:
     thesis = [{"name": name, "latency_ms": t[4], "macro_f1": t[2], "mode": "eager"}
               for name, t in metrics.THESIS_RUNS.items()]
     names = list(dict.fromkeys([p["name"] for p in ours] + list(metrics.THESIS_RUNS)))
-    first = rows[0]
-    return plots.draw_tradeoff([(f"Ours: {first['device_name']}, {first['img_size']} px", ours),
+    return plots.draw_tradeoff([(f"Ours: {rows[0]['device_name']}, {rows[0]['img_size']} px", ours),
                                 ("Thesis: NVIDIA H100 NVL, 224 px (eager)", thesis)], names,
                                f"Macro-F1 against latency, batch {batch_size}")
 
