@@ -25,13 +25,13 @@ checkpoints, tradeoff.png (their validation macro-F1 against latency, beside the
 """
 import argparse
 import copy
-import math
 import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
@@ -166,13 +166,6 @@ def check_onnx_matches(path: str, target: dict, mode: str) -> None:
                               + (" (export.py --int8 writes them)" if mode == "int8" else ""))
 
 
-def percentile(sorted_ms: list[float], q: float) -> float:
-    """The q-th percentile (0-100) of sorted values, linear interpolation (numpy's default)."""
-    pos = (len(sorted_ms) - 1) * q / 100
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return sorted_ms[lo] + (sorted_ms[hi] - sorted_ms[lo]) * (pos - lo)
-
-
 def forward_gflop(model: torch.nn.Module, x: torch.Tensor) -> float:
     """GFLOPs of one forward pass per image: matmuls and convolutions, 2 per multiply-add (as FlopCounterMode)."""
     # nn.TransformerEncoderLayer's fused inference kernel is invisible to the counter; its plain path computes
@@ -241,10 +234,10 @@ def time_forwards(forwards: dict[str, Callable], x: torch.Tensor, warmup: int, i
             total_ms[name] += timed_passes(forwards[name], x, passes, per_pass[name], meter)
     stats = {}
     for name, times in per_pass.items():
-        times.sort()
         latency = total_ms[name] / iters
-        stats[name] = {"latency_ms": latency, "p50_ms": percentile(times, 50), "p90_ms": percentile(times, 90),
-                       "p99_ms": percentile(times, 99), "fps": 1000 * x.shape[0] / latency}
+        p50, p90, p99 = np.percentile(times, (50, 90, 99)).tolist()
+        stats[name] = {"latency_ms": latency, "p50_ms": p50, "p90_ms": p90, "p99_ms": p99,
+                       "fps": 1000 * x.shape[0] / latency}
     return stats
 
 
