@@ -18,7 +18,6 @@ import os
 from dataclasses import dataclass
 from typing import Sequence
 
-import numpy as np
 import torch
 
 import data
@@ -189,11 +188,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def compared_predictions(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str], str, str]:
-    """Labels, A's and B's predictions on the same images, class names and the two sides' names (--compare)."""
+def compare_sides(args: argparse.Namespace) -> tuple[dict, str, str]:
+    """metrics.compare of A's and B's predictions on the same images, and the two sides' names (--compare)."""
     if args.predictions:
         labels, preds, classes = metrics.align_predictions([args.predictions, args.compare])
-        return labels, preds[0], preds[1], list(classes), args.predictions, args.compare
+        return metrics.compare(labels, preds[0], preds[1], len(classes)), args.predictions, args.compare
     hflip, tau, paths = args.tta == "hflip", args.logit_adjust, (args.ckpt, args.compare)
     if tau:  # both checked before either runs inference
         for path in paths:
@@ -202,7 +201,7 @@ def compared_predictions(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarr
     vals = [infer_checkpoints([path], args.val_csv, args.data_root, args.batch_size, args.workers, args.device,
                               args.amp, hflip, priors=bool(tau)) for path in paths]
     preds = [val.average(hflip=hflip, tau=tau).argmax(dim=1).numpy() for val in vals]  # both in the CSV's classes
-    return (vals[0].labels.numpy(), preds[0], preds[1], vals[0].classes,
+    return (metrics.compare(vals[0].labels.numpy(), preds[0], preds[1], len(vals[0].classes)),
             *(f"{path} ({val.title(hflip=hflip, tau=tau)})" for path, val in zip(paths, vals)))
 
 
@@ -213,8 +212,7 @@ def main(args: argparse.Namespace) -> None:
     if args.ckpt and not args.val_csv:
         raise utils.UserError("--val-csv is required with --ckpt")
     if args.compare:
-        labels, preds_a, preds_b, classes, name_a, name_b = compared_predictions(args)
-        result = metrics.compare(labels, preds_a, preds_b, len(classes))
+        result, name_a, name_b = compare_sides(args)
         print(metrics.format_comparison(result, name_a, name_b))
         if args.out:
             utils.write_json(os.path.join(args.out, "comparison.json"), result | {"a": name_a, "b": name_b})
