@@ -346,8 +346,7 @@ def bench_target(target: dict, args: argparse.Namespace, device: torch.device, a
     rows = []
     for batch in [args.batch_size] + [b for b in (args.batch_sizes or []) if b != args.batch_size]:
         # The same input for every mode and model: the fast path is checked against eager on it.
-        generator = torch.Generator().manual_seed(args.seed)
-        x = torch.randn(batch, 3, size, size, generator=generator).to(device)
+        x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(args.seed)).to(device)
         tag = f"{target['experiment']} batch {batch}"
         try:
             for row in measure(model, target, x, args, device, amp, tag):

@@ -283,10 +283,9 @@ def int8_agreement(labels: torch.Tensor, float_logits: torch.Tensor, int8_logits
     """Accuracy and macro-F1 (metrics.compute_metrics) of a float32 and an int8 model on the same labelled images,
     and how often their argmax agrees; ok when the int8 model's accuracy and macro-F1 are each within `tolerance`
     of the float32 model's (either way: a gain this large would say the int8 model is another model)."""
-    scores = {}
-    for name, logits in (("float32", float_logits), ("int8", int8_logits)):
-        found = metrics.compute_metrics(labels.tolist(), logits.argmax(1).tolist(), classes)
-        scores[name] = {"accuracy": found["accuracy"], "macro_f1": found["macro_f1"]}
+    found = {name: metrics.compute_metrics(labels.tolist(), logits.argmax(1).tolist(), classes)
+             for name, logits in (("float32", float_logits), ("int8", int8_logits))}
+    scores = {name: {key: result[key] for key in ("accuracy", "macro_f1")} for name, result in found.items()}
     gaps = {key: scores["int8"][key] - scores["float32"][key] for key in ("accuracy", "macro_f1")}
     # 1e-9: a gap of exactly the tolerance (1 image in 200) passes despite float rounding.
     ok = all(abs(gap) <= tolerance + 1e-9 for gap in gaps.values())

@@ -271,9 +271,8 @@ def per_class_table(runs: dict, stats: dict) -> tuple[str, list[list]]:
         cells = [stat_cell(stats[b]["f1"][name]) if b and stats.get(b) and name in stats[b]["f1"] else num(v)
                  for b, v in zip((best_cnn, best_hybrid), ours)]
         body.append([name, cells[0], num(thesis[0]), cells[1], num(thesis[1])])
-    header = ["Class", f"Best CNN-only F1 ({best_cnn or '-'})", "Thesis CNN-only",
-              f"Best hybrid F1 ({best_hybrid or '-'})", "Thesis hybrid"]
-    return md_table(header, body), rows
+    return md_table(["Class", f"Best CNN-only F1 ({best_cnn or '-'})", "Thesis CNN-only",
+                     f"Best hybrid F1 ({best_hybrid or '-'})", "Thesis hybrid"], body), rows
 
 
 def thesis_diff(a: str, b: str) -> tuple[float | None, float | None]:
