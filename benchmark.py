@@ -25,15 +25,13 @@ checkpoints, tradeoff.png (their validation macro-F1 against latency, beside the
 """
 import argparse
 import copy
-import csv
-import io
-import math
 import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
@@ -65,8 +63,7 @@ def mode_list(text: str) -> tuple[str, ...]:
     if text in MODE_SETS:
         return MODE_SETS[text]
     modes = tuple(m.strip() for m in text.split(",") if m.strip())
-    unknown = [m for m in modes if m not in MODES]
-    if not modes or unknown:
+    if not modes or any(m not in MODES for m in modes):
         raise argparse.ArgumentTypeError(f"expected {', '.join(MODES)}, both, all or a comma-separated list of "
                                          f"modes, got {text!r}")
     return tuple(m for m in MODES if m in modes)  # eager first: the others are checked against it
@@ -124,8 +121,7 @@ def targets_from_args(args: argparse.Namespace) -> list[dict]:
         blocks = args.blocks or 1
         if args.blocks is not None and args.model not in models.HYBRIDS:
             raise utils.UserError(f"--blocks applies to {', '.join(models.HYBRIDS)} only, not {args.model}")
-        hybrid = args.model in models.HYBRIDS
-        name = args.model + (f"_{blocks}block" + "s" * (blocks > 1) if hybrid else "")
+        name = args.model + (f"_{blocks}block" + "s" * (blocks > 1) if args.model in models.HYBRIDS else "")
         for mode in RUNTIME_MODES:
             if getattr(args, mode) is not None:
                 raise utils.UserError(f"--{mode} goes with --ckpt (the checkpoints they were exported from)")
@@ -168,22 +164,6 @@ def check_onnx_matches(path: str, target: dict, mode: str) -> None:
     if meta["precision"] != precision:
         raise utils.UserError(f"--{mode} {path}: precision {meta['precision']}, --{mode} takes {precision} models"
                               + (" (export.py --int8 writes them)" if mode == "int8" else ""))
-
-
-def build(target: dict, device: torch.device, seed: int) -> torch.nn.Module:
-    """The target's model in eval mode on the device."""
-    if target["ckpt"] is not None:
-        return models.load_model(target["ckpt"], device)[0]
-    torch.manual_seed(seed)
-    return models.build_model(target["name"], num_classes=target["num_classes"], blocks=target["blocks"],
-                              weights="none").to(device).eval()
-
-
-def percentile(sorted_ms: list[float], q: float) -> float:
-    """The q-th percentile (0-100) of sorted values, linear interpolation (numpy's default)."""
-    pos = (len(sorted_ms) - 1) * q / 100
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return sorted_ms[lo] + (sorted_ms[hi] - sorted_ms[lo]) * (pos - lo)
 
 
 def forward_gflop(model: torch.nn.Module, x: torch.Tensor) -> float:
@@ -250,15 +230,14 @@ def time_forwards(forwards: dict[str, Callable], x: torch.Tensor, warmup: int, i
     for chunk in range(chunks):
         passes = iters * (chunk + 1) // chunks - iters * chunk // chunks
         # Every other chunk in reverse order, so a steady drift favours neither mode.
-        order = list(forwards) if chunk % 2 == 0 else list(reversed(forwards))
-        for name in order:
+        for name in reversed(forwards) if chunk % 2 else forwards:
             total_ms[name] += timed_passes(forwards[name], x, passes, per_pass[name], meter)
     stats = {}
     for name, times in per_pass.items():
-        times.sort()
         latency = total_ms[name] / iters
-        stats[name] = {"latency_ms": latency, "p50_ms": percentile(times, 50), "p90_ms": percentile(times, 90),
-                       "p99_ms": percentile(times, 99), "fps": 1000 * x.shape[0] / latency}
+        p50, p90, p99 = np.percentile(times, (50, 90, 99)).tolist()
+        stats[name] = {"latency_ms": latency, "p50_ms": p50, "p90_ms": p90, "p99_ms": p99,
+                       "fps": 1000 * x.shape[0] / latency}
     return stats
 
 
@@ -306,9 +285,7 @@ def measure(model: torch.nn.Module, target: dict, x: torch.Tensor, args: argpars
         with models.autocast(device, amp):
             return model(inputs)
 
-    forwards, checks = {}, {}
-    if "eager" in args.mode:
-        forwards["eager"] = eager
+    forwards, checks = ({"eager": eager} if "eager" in args.mode else {}), {}
     # Every path is built before any timing, so the compile minute does not sit between the modes' timings.
     if "fast" in args.mode:
         print(f"{tag}: building the fast path (torch.compile takes a while the first time)", flush=True)
@@ -354,7 +331,12 @@ def measure(model: torch.nn.Module, target: dict, x: torch.Tensor, args: argpars
 def bench_target(target: dict, args: argparse.Namespace, device: torch.device, amp: bool,
                  common: dict) -> list[dict]:
     """All rows of one experiment: each batch size, eager and/or fast."""
-    model = build(target, device, args.seed)
+    if target["ckpt"] is not None:
+        model = models.load_model(target["ckpt"], device)[0]
+    else:
+        torch.manual_seed(args.seed)
+        model = models.build_model(target["name"], num_classes=target["num_classes"], blocks=target["blocks"],
+                                   weights="none").to(device).eval()
     params = models.count_params(model)
     size = target["img_size"]
     gflop = forward_gflop(model, torch.zeros(1, 3, size, size, device=device))
@@ -364,8 +346,7 @@ def bench_target(target: dict, args: argparse.Namespace, device: torch.device, a
     rows = []
     for batch in [args.batch_size] + [b for b in (args.batch_sizes or []) if b != args.batch_size]:
         # The same input for every mode and model: the fast path is checked against eager on it.
-        generator = torch.Generator().manual_seed(args.seed)
-        x = torch.randn(batch, 3, size, size, generator=generator).to(device)
+        x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(args.seed)).to(device)
         tag = f"{target['experiment']} batch {batch}"
         try:
             for row in measure(model, target, x, args, device, amp, tag):
@@ -401,11 +382,8 @@ def markdown(rows: list[dict], batch_size: int) -> str:
              "",
              "| Experiment | Mode | Accuracy | Macro-F1 | Params (M) | GFLOPs | Latency (ms) | FPS | GFLOP/s |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        if r["batch_size"] != batch_size:
-            continue
-        t = metrics.THESIS_RUNS.get(r["experiment"])
-        _, t_acc, t_f1, t_params, t_lat, t_fps = t if t else (None,) * 6
+    for r in [r for r in rows if r["batch_size"] == batch_size]:
+        _, t_acc, t_f1, t_params, t_lat, t_fps = metrics.THESIS_RUNS.get(r["experiment"], (None,) * 6)
         lines.append(f"| {r['experiment']} | {r['mode']} | {beside(r['accuracy'], t_acc, 4)} | "
                      f"{beside(r['macro_f1'], t_f1, 4)} | {beside(r['params_m'], t_params, 3)} | "
                      f"{fmt(r['gflop_per_image'], 2)} | {beside(r['latency_ms'], t_lat, 4)} | "
@@ -439,12 +417,7 @@ def markdown(rows: list[dict], batch_size: int) -> str:
 def write_outputs(out: str, rows: list[dict], batch_size: int) -> None:
     """benchmark.json, benchmark.csv and benchmark.md, each written atomically."""
     utils.write_json(os.path.join(out, "benchmark.json"), rows)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    with utils.atomic_write(os.path.join(out, "benchmark.csv")) as f:
-        f.write(buffer.getvalue())
+    utils.write_csv(os.path.join(out, "benchmark.csv"), COLUMNS, ([r.get(k, "") for k in COLUMNS] for r in rows))
     with utils.atomic_write(os.path.join(out, "benchmark.md")) as f:
         f.write(markdown(rows, batch_size))
     if any(r["macro_f1"] is not None for r in rows):  # checkpoints carry their validation metrics
@@ -458,8 +431,7 @@ def tradeoff(rows: list[dict], batch_size: int) -> Image.Image:
     thesis = [{"name": name, "latency_ms": t[4], "macro_f1": t[2], "mode": "eager"}
               for name, t in metrics.THESIS_RUNS.items()]
     names = list(dict.fromkeys([p["name"] for p in ours] + list(metrics.THESIS_RUNS)))
-    first = rows[0]
-    return plots.draw_tradeoff([(f"Ours: {first['device_name']}, {first['img_size']} px", ours),
+    return plots.draw_tradeoff([(f"Ours: {rows[0]['device_name']}, {rows[0]['img_size']} px", ours),
                                 ("Thesis: NVIDIA H100 NVL, 224 px (eager)", thesis)], names,
                                f"Macro-F1 against latency, batch {batch_size}")
 

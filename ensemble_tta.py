@@ -46,8 +46,7 @@ def main(args: argparse.Namespace) -> None:
     val = evaluate.infer_checkpoints(args.ckpt, args.val_csv, args.data_root, args.batch_size, args.workers,
                                      args.device, args.amp, hflip, priors=bool(tau))
     if not args.table:
-        result = evaluate.report_logits(args.out, val.average(hflip=hflip, tau=tau), val,
-                                        val.title(hflip=hflip, tau=tau))
+        result = evaluate.report_logits(args.out, val, hflip=hflip, tau=tau)
         print(metrics.format_table(result))
         print(f"report written to {args.out}")
         return
@@ -57,8 +56,7 @@ def main(args: argparse.Namespace) -> None:
         configurations.append((*LOGIT_ADJUSTED, tau))
     rows = []
     for name, folder, count, flip, adjust in configurations:
-        result = evaluate.report_logits(os.path.join(args.out, folder), val.average(count, flip, adjust), val,
-                                        val.title(count, flip, adjust))
+        result = evaluate.report_logits(os.path.join(args.out, folder), val, count, flip, adjust)
         name = f"{name} (tau {adjust:g})" if adjust else name
         thesis_acc, thesis_f1 = metrics.THESIS_RESCUE.get(name, (None, None))
         rows.append([name, result["accuracy"], result["macro_f1"], thesis_acc, thesis_f1, folder, result["ci95"]])

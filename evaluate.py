@@ -18,7 +18,6 @@ import os
 from dataclasses import dataclass
 from typing import Sequence
 
-import numpy as np
 import torch
 
 import data
@@ -84,15 +83,13 @@ class ValLogits:
     def average(self, count: int | None = None, hflip: bool = False, tau: float = 0.0) -> torch.Tensor:
         """Mean logits of the first `count` checkpoints (all when None), over both views when hflip, minus
         tau x log prior (each checkpoint's own prior, averaged like the logits)."""
-        count = len(self.plain) if count is None else count
-        if not hflip:
-            mean = torch.stack(self.plain[:count]).mean(dim=0)
-        else:
+        views = self.plain[:count]  # count None: all
+        if hflip:
             if self.flipped is None:
                 raise ValueError("mirrored logits were not computed (pass hflip=True to infer_checkpoints)")
             # Views first, then checkpoints: a checkpoint ensembled with itself then gives exactly its own logits.
-            views = [torch.stack([p, f]).mean(dim=0) for p, f in zip(self.plain[:count], self.flipped[:count])]
-            mean = torch.stack(views).mean(dim=0)
+            views = [torch.stack([p, f]).mean(dim=0) for p, f in zip(views, self.flipped[:count])]
+        mean = torch.stack(views).mean(dim=0)
         if not tau:
             return mean
         if self.log_priors is None:
@@ -101,7 +98,7 @@ class ValLogits:
 
     def title(self, count: int | None = None, hflip: bool = False, tau: float = 0.0) -> str:
         """Report title naming the checkpoints, the TTA and the logit adjustment."""
-        names = self.names[:len(self.plain) if count is None else count]
+        names = self.names[:count]
         prefix = f"ensemble of {len(names)}: " if len(names) > 1 else ""
         adjusted = f", logit adjustment tau {tau:g}" if tau else ""
         return f"{prefix}{' + '.join(names)}, {'h-flip' if hflip else 'no'} TTA{adjusted}"
@@ -123,9 +120,7 @@ def align_classes(logits: torch.Tensor, model_classes: Sequence[str], data_class
           + (f"; the data lacks {', '.join(dropped)} (those logits are left out)" if dropped else "")
           + (f"; the model lacks {', '.join(absent)} (never predicted)" if absent else ""), flush=True)
     aligned = logits.new_full((logits.shape[0], len(data_classes)), float("-inf"))
-    for j, name in enumerate(data_classes):
-        if name in model_classes:
-            aligned[:, j] = logits[:, list(model_classes).index(name)]
+    aligned[:, [data_classes.index(c) for c in shared]] = logits[:, [model_classes.index(c) for c in shared]]
     return aligned
 
 
@@ -168,14 +163,15 @@ def infer_checkpoints(ckpts: Sequence[str], val_csv: str, data_root: str | None 
     return ValLogits(plain, flipped if hflip else None, labels, samples, list(classes), names, log_priors)
 
 
-def report_logits(out_dir: str, logits: torch.Tensor, val: ValLogits, title: str) -> dict:
-    """Score logits against the validation labels, write the full report with predictions.csv, return the metrics."""
+def report_logits(out_dir: str, val: ValLogits, count: int | None = None, hflip: bool = False,
+                  tau: float = 0.0) -> dict:
+    """Score val.average(count, hflip, tau), write the full report with predictions.csv, return the metrics."""
+    logits = val.average(count, hflip, tau)
     preds = logits.argmax(dim=1)
     probs = torch.softmax(logits.float(), dim=1).numpy()
     result = metrics.compute_metrics(val.labels.tolist(), preds.tolist(), val.classes)
-    paths = [s.path for s in val.samples]
-    plots.write_report(out_dir, result, val.classes, title=title,
-                       predictions=(paths, val.labels.tolist(), preds.tolist(), probs))
+    plots.write_report(out_dir, result, val.classes, title=val.title(count, hflip, tau),
+                       predictions=([s.path for s in val.samples], val.labels.tolist(), preds.tolist(), probs))
     return result
 
 
@@ -192,24 +188,21 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def compared_predictions(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str], str, str]:
-    """Labels, A's and B's predictions on the same images, class names and the two sides' names (--compare)."""
+def compare_sides(args: argparse.Namespace) -> tuple[dict, str, str]:
+    """metrics.compare of A's and B's predictions on the same images, and the two sides' names (--compare)."""
     if args.predictions:
         labels, preds, classes = metrics.align_predictions([args.predictions, args.compare])
-        return labels, preds[0], preds[1], list(classes), args.predictions, args.compare
-    hflip, sides = args.tta == "hflip", []
-    if args.logit_adjust:  # both checked before either runs inference
-        for path in (args.ckpt, args.compare):
+        return metrics.compare(labels, preds[0], preds[1], len(classes)), args.predictions, args.compare
+    hflip, tau, paths = args.tta == "hflip", args.logit_adjust, (args.ckpt, args.compare)
+    if tau:  # both checked before either runs inference
+        for path in paths:
             log_prior(onnx_model.load_any(path)[1]["arch"], path)  # also an exported .onnx
-    for path in (args.ckpt, args.compare):
-        # One at a time: compared checkpoints may differ in image size, unlike an ensemble's.
-        val = infer_checkpoints([path], args.val_csv, args.data_root, args.batch_size, args.workers, args.device,
-                                args.amp, hflip, priors=bool(args.logit_adjust))
-        sides.append((val, val.average(hflip=hflip, tau=args.logit_adjust).argmax(dim=1).numpy()))
-    (val_a, preds_a), (val_b, preds_b) = sides  # both in the validation CSV's classes
-    return (val_a.labels.numpy(), preds_a, preds_b, val_a.classes,
-            f"{args.ckpt} ({val_a.title(hflip=hflip, tau=args.logit_adjust)})",
-            f"{args.compare} ({val_b.title(hflip=hflip, tau=args.logit_adjust)})")
+    # One at a time: compared checkpoints may differ in image size, unlike an ensemble's.
+    vals = [infer_checkpoints([path], args.val_csv, args.data_root, args.batch_size, args.workers, args.device,
+                              args.amp, hflip, priors=bool(tau)) for path in paths]
+    preds = [val.average(hflip=hflip, tau=tau).argmax(dim=1).numpy() for val in vals]  # both in the CSV's classes
+    return (metrics.compare(vals[0].labels.numpy(), preds[0], preds[1], len(vals[0].classes)),
+            *(f"{path} ({val.title(hflip=hflip, tau=tau)})" for path, val in zip(paths, vals)))
 
 
 def main(args: argparse.Namespace) -> None:
@@ -219,8 +212,7 @@ def main(args: argparse.Namespace) -> None:
     if args.ckpt and not args.val_csv:
         raise utils.UserError("--val-csv is required with --ckpt")
     if args.compare:
-        labels, preds_a, preds_b, classes, name_a, name_b = compared_predictions(args)
-        result = metrics.compare(labels, preds_a, preds_b, len(classes))
+        result, name_a, name_b = compare_sides(args)
         print(metrics.format_comparison(result, name_a, name_b))
         if args.out:
             utils.write_json(os.path.join(args.out, "comparison.json"), result | {"a": name_a, "b": name_b})
@@ -236,8 +228,7 @@ def main(args: argparse.Namespace) -> None:
         hflip = args.tta == "hflip"
         val = infer_checkpoints([args.ckpt], args.val_csv, args.data_root, args.batch_size, args.workers,
                                 args.device, args.amp, hflip, priors=bool(args.logit_adjust))
-        result = report_logits(args.out, val.average(hflip=hflip, tau=args.logit_adjust), val,
-                               val.title(hflip=hflip, tau=args.logit_adjust))
+        result = report_logits(args.out, val, hflip=hflip, tau=args.logit_adjust)
     print(metrics.format_table(result))
     print(f"report written to {args.out}")
 

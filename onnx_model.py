@@ -111,14 +111,13 @@ class OnnxModel(nn.Module):
     it unchanged. Inputs are copied to the CPU as float32 NumPy and the logits come back on the input's device.
     """
 
-    def __init__(self, source: str | os.PathLike | bytes, device: torch.device | str = "cpu",
-                 threads: int | None = None) -> None:
+    def __init__(self, source: str | os.PathLike | bytes, device: torch.device | str = "cpu") -> None:
         super().__init__()
         _, ort = require("an .onnx model")
         device = torch.device(device)
         options = ort.SessionOptions()
         # As many intra-op threads as torch uses, so eager, fast and ONNX Runtime rows share one budget.
-        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only: its warnings about unused initializers are noise
         providers = ["CPUExecutionProvider"]
@@ -216,16 +215,12 @@ def random_inputs(img_size: int, seed: int = 0, sizes: Sequence[int] = (1, 3, 4)
     return [torch.randn(n, 3, img_size, img_size, generator=generator) for n in sizes]
 
 
-def logits_of(model: nn.Module, batches: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Float32 logits of every batch, concatenated."""
-    with torch.inference_mode():
-        return torch.cat([model(x).float() for x in batches])
-
-
 def verify(model: nn.Module, exported: OnnxModel, img_size: int, seed: int = 0) -> dict[str, Any]:
     """compare() of eager PyTorch and ONNX Runtime on random batches of 1, 3 and 4 images."""
     batches = random_inputs(img_size, seed)
-    return compare(logits_of(model, batches), logits_of(exported, batches))
+    with torch.inference_mode():
+        reference, logits = (torch.cat([m(x).float() for x in batches]) for m in (model, exported))
+    return compare(reference, logits)
 
 
 
@@ -280,8 +275,7 @@ def quantize_int8(blob: bytes, batches: Iterable[torch.Tensor]) -> bytes:
             raise utils.UserError(f"int8 quantisation failed: {' '.join(str(err).split())[:300]}") from None
         finally:
             logging.disable(muted)
-        result = quantized.read_bytes()
-    return with_metadata(result, {"precision": "int8", "quantization": INT8_SCHEME})
+        return with_metadata(quantized.read_bytes(), {"precision": "int8", "quantization": INT8_SCHEME})
 
 
 def int8_agreement(labels: torch.Tensor, float_logits: torch.Tensor, int8_logits: torch.Tensor,
@@ -289,10 +283,9 @@ def int8_agreement(labels: torch.Tensor, float_logits: torch.Tensor, int8_logits
     """Accuracy and macro-F1 (metrics.compute_metrics) of a float32 and an int8 model on the same labelled images,
     and how often their argmax agrees; ok when the int8 model's accuracy and macro-F1 are each within `tolerance`
     of the float32 model's (either way: a gain this large would say the int8 model is another model)."""
-    scores = {}
-    for name, logits in (("float32", float_logits), ("int8", int8_logits)):
-        found = metrics.compute_metrics(labels.tolist(), logits.argmax(1).tolist(), classes)
-        scores[name] = {"accuracy": found["accuracy"], "macro_f1": found["macro_f1"]}
+    found = {name: metrics.compute_metrics(labels.tolist(), logits.argmax(1).tolist(), classes)
+             for name, logits in (("float32", float_logits), ("int8", int8_logits))}
+    scores = {name: {key: result[key] for key in ("accuracy", "macro_f1")} for name, result in found.items()}
     gaps = {key: scores["int8"][key] - scores["float32"][key] for key in ("accuracy", "macro_f1")}
     # 1e-9: a gap of exactly the tolerance (1 image in 200) passes despite float rounding.
     ok = all(abs(gap) <= tolerance + 1e-9 for gap in gaps.values())

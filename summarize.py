@@ -76,10 +76,9 @@ def load_results(results: str, trees: dict[str, str]) -> tuple[dict, dict, dict,
     rescue configurations (name, report folder) in table order."""
     per_seed = {i: {seed: s for seed, tree in trees.items()
                     if (s := read_json(os.path.join(tree, i, "summary.json")))} for i in RUN_IDS}
-    bench = {}
-    for row in read_json(os.path.join(results, "benchmark", "benchmark.json")) or []:
-        if row.get("batch_size", 1) == 1:
-            bench[(row["experiment"], row["mode"])] = row
+    bench = {(row["experiment"], row["mode"]): row
+             for row in read_json(os.path.join(results, "benchmark", "benchmark.json")) or []
+             if row.get("batch_size", 1) == 1}
     rescue, configurations = {}, []
     for seed, tree in trees.items():
         rescue_csv = os.path.join(tree, "rescue", "rescue_table.csv")
@@ -96,9 +95,7 @@ def mean_summary(summaries: dict[str, dict]) -> dict | None:
     if not summaries:
         return None
     values = list(summaries.values())
-    out = dict(values[0])
-    for key in ("accuracy", "macro_f1"):
-        out[key] = float(np.mean([s[key] for s in values]))
+    out = values[0] | {key: float(np.mean([s[key] for s in values])) for key in ("accuracy", "macro_f1")}
     out["per_class"] = {name: {"f1": float(np.mean([s["per_class"][name]["f1"] for s in values]))}
                         for name in values[0]["per_class"]}
     return out
@@ -274,9 +271,8 @@ def per_class_table(runs: dict, stats: dict) -> tuple[str, list[list]]:
         cells = [stat_cell(stats[b]["f1"][name]) if b and stats.get(b) and name in stats[b]["f1"] else num(v)
                  for b, v in zip((best_cnn, best_hybrid), ours)]
         body.append([name, cells[0], num(thesis[0]), cells[1], num(thesis[1])])
-    header = ["Class", f"Best CNN-only F1 ({best_cnn or '-'})", "Thesis CNN-only",
-              f"Best hybrid F1 ({best_hybrid or '-'})", "Thesis hybrid"]
-    return md_table(header, body), rows
+    return md_table(["Class", f"Best CNN-only F1 ({best_cnn or '-'})", "Thesis CNN-only",
+                     f"Best hybrid F1 ({best_hybrid or '-'})", "Thesis hybrid"], body), rows
 
 
 def thesis_diff(a: str, b: str) -> tuple[float | None, float | None]:
@@ -366,11 +362,9 @@ def main(args: argparse.Namespace) -> None:
                                                    for b in (best_of(CNN_IDS, runs), best_of(HYBRID_IDS, runs)) if b])
     curves = pictures(args.results, trees, [(i, "curves.png") for i in RUN_IDS])
     tradeoff = pictures(args.results, {"": args.results}, [("benchmark", "tradeoff.png")])
-    if seeds:
-        cells = (f"Seeds {', '.join(seeds)}: each cell is the mean ± std over the seeds, and in square brackets "
-                 "the 95 % interval of the mean (bootstrap over images and seeds, see below).")
-    else:
-        cells = "In square brackets: 95 % bootstrap intervals over the validation images."
+    cells = (f"Seeds {', '.join(seeds)}: each cell is the mean ± std over the seeds, and in square brackets the 95 % "
+             "interval of the mean (bootstrap over images and seeds, see below)." if seeds
+             else "In square brackets: 95 % bootstrap intervals over the validation images.")
     sections = [
         "# Results: our runs beside the thesis's",
         f"{finished} of 7 experiments finished{f' on each of the {len(seeds)} seeds' if seeds else ''}. "
