@@ -201,8 +201,8 @@ def compare_sides(args: argparse.Namespace) -> tuple[dict, str, str]:
     vals = [infer_checkpoints([path], args.val_csv, args.data_root, args.batch_size, args.workers, args.device,
                               args.amp, hflip, priors=bool(tau)) for path in paths]
     preds = [val.average(hflip=hflip, tau=tau).argmax(dim=1).numpy() for val in vals]  # both in the CSV's classes
-    return (metrics.compare(vals[0].labels.numpy(), preds[0], preds[1], len(vals[0].classes)),
-            *(f"{path} ({val.title(hflip=hflip, tau=tau)})" for path, val in zip(paths, vals)))
+    name_a, name_b = (f"{path} ({val.title(hflip=hflip, tau=tau)})" for path, val in zip(paths, vals))
+    return metrics.compare(vals[0].labels.numpy(), preds[0], preds[1], len(vals[0].classes)), name_a, name_b
 
 
 def main(args: argparse.Namespace) -> None:

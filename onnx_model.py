@@ -219,7 +219,8 @@ def verify(model: nn.Module, exported: OnnxModel, img_size: int, seed: int = 0) 
     """compare() of eager PyTorch and ONNX Runtime on random batches of 1, 3 and 4 images."""
     batches = random_inputs(img_size, seed)
     with torch.inference_mode():
-        reference, logits = (torch.cat([m(x).float() for x in batches]) for m in (model, exported))
+        reference = torch.cat([model(x).float() for x in batches])
+        logits = torch.cat([exported(x).float() for x in batches])
     return compare(reference, logits)
 
 
