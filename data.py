@@ -102,14 +102,19 @@ def write_classes(folder: str | os.PathLike, classes: Sequence[str]) -> Path:
 
 
 @contextmanager
-def open_csv(path: Path) -> Iterator[csv.DictReader]:
-    """A DictReader with stripped column names; a missing header or undecodable text is a UserError."""
+def open_csv(path: Path, required: Sequence[str] = (), kind: str = "required") -> Iterator[csv.DictReader]:
+    """A DictReader with stripped column names; a missing header, a missing `required` column (`kind` says whose:
+    required, AffectNet, ...) or undecodable text is a UserError."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's UTF-8 exports start with a BOM
             reader = csv.DictReader(f)
             if not reader.fieldnames:
                 raise UserError(f"{path}: empty CSV (no header line)")
             reader.fieldnames = [c.strip() for c in reader.fieldnames]
+            missing = [c for c in required if c not in reader.fieldnames]
+            if missing:
+                raise UserError(f"{path}: missing {kind} column(s) {', '.join(missing)} "
+                                f"(found: {', '.join(reader.fieldnames)})")
             yield reader
     except (UnicodeDecodeError, csv.Error) as err:
         raise UserError(f"{path}: not a readable UTF-8 CSV ({err})") from None
@@ -125,12 +130,8 @@ def _scan_index(csv_path: str | os.PathLike, data_root: str | os.PathLike | None
     classes = read_classes(csv_path)
     if data_root is not None and not root.is_dir():
         raise UserError(f"--data-root is not a folder: {root}")
-    with open_csv(csv_path) as reader:
+    with open_csv(csv_path, ("path", "label")) as reader:
         columns = reader.fieldnames
-        missing = [c for c in ("path", "label") if c not in columns]
-        if missing:
-            raise UserError(f"{csv_path}: missing required column(s) {', '.join(missing)} "
-                            f"(found: {', '.join(columns)})")
         present_box = [c for c in BOX_COLUMNS if c in columns]
         if present_box and len(present_box) != len(BOX_COLUMNS):
             raise UserError(f"{csv_path}: face box needs all of {', '.join(BOX_COLUMNS)} "
@@ -191,10 +192,7 @@ def read_index(csv_path: str | os.PathLike, data_root: str | os.PathLike | None 
 
 def class_counts(samples: Sequence[Sample], num_classes: int) -> list[int]:
     """Number of samples per class index."""
-    counts = [0] * num_classes
-    for s in samples:
-        counts[s.label] += 1
-    return counts
+    return np.bincount([s.label for s in samples], minlength=num_classes).tolist()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -203,10 +201,7 @@ def class_counts(samples: Sequence[Sample], num_classes: int) -> list[int]:
 
 def _draft_scale(box_w: int, box_h: int, min_side: int) -> int:
     """Largest JPEG DCT scale (1, 2, 4, 8) that keeps the face box >= min_side pixels on both sides."""
-    for scale in (8, 4, 2):
-        if box_w // scale >= min_side and box_h // scale >= min_side:
-            return scale
-    return 1
+    return next((scale for scale in (8, 4, 2) if min(box_w, box_h) // scale >= min_side), 1)
 
 
 def _where(sample: Sample) -> str:
@@ -255,6 +250,15 @@ def to_model_mode(image: Image.Image, grayscale: bool = False) -> Image.Image:
     if grayscale and image.mode != "L":
         image = image.convert("L")
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def save_image(image: Image.Image, path: str | os.PathLike, durable: bool = True, **options: object) -> None:
+    """Encode `image` in memory with Pillow's save options (format, quality, ...), then write it atomically;
+    durable=False skips the fsync (bulk writers of many small files that a rerun rewrites)."""
+    buffer = io.BytesIO()
+    image.save(buffer, **options)
+    with atomic_write(path, "wb", durable=durable) as f:
+        f.write(buffer.getvalue())
 
 
 @dataclass(frozen=True)
@@ -441,10 +445,8 @@ def make_loader(dataset: Dataset, batch_size: int, workers: int, shuffle: bool =
                 sampler: Sampler | None = None, seed: int = 42, drop_last: bool = False) -> DataLoader:
     """DataLoader with a seeded generator, persistent workers and pinned memory on CUDA (workers draw no random
     numbers: augmentation happens on the batch, see BatchAugment)."""
-    generator = torch.Generator()
-    generator.manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, num_workers=workers,
-                      generator=generator, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
+                      generator=torch.Generator().manual_seed(seed), persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
                       drop_last=drop_last)
 
 
@@ -607,14 +609,12 @@ def _prepare_one(job: tuple[Sample, Path, int]) -> str | None:
     if target.is_file() and target.stat().st_size > 0:
         return "skipped"
     try:
-        buffer = io.BytesIO()
-        # 4:4:4 chroma: the default 4:2:0 halves the colour resolution of a 224 px face.
-        load_face(sample, size).save(buffer, "JPEG", quality=95, subsampling=0)
+        face = load_face(sample, size)
     except UserError as err:
         return str(err)
-    # No fsync: hundreds of thousands of small files, and a rerun redoes whatever is missing.
-    with atomic_write(target, "wb", durable=False) as f:
-        f.write(buffer.getvalue())
+    # 4:4:4 chroma: the default 4:2:0 halves the colour resolution of a 224 px face. No fsync: hundreds of
+    # thousands of small files, and a rerun redoes whatever is missing.
+    save_image(face, target, durable=False, format="JPEG", quality=95, subsampling=0)
     return None
 
 
