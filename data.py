@@ -13,12 +13,13 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision import transforms as T
 
 import losses
 import models
@@ -155,17 +156,16 @@ def _scan_index(csv_path: str | os.PathLike, data_root: str | os.PathLike | None
                                 f"0-{len(classes) - 1}{hint}")
                 continue
             box = None
-            if present_box:
-                raw_box = [(row.get(c) or "").strip() for c in BOX_COLUMNS]
-                if any(raw_box):
-                    try:
-                        box = tuple(parse_int(v) for v in raw_box)
-                    except ValueError:
-                        problems.append(f"{csv_path} line {line}: face box {','.join(raw_box)} is not 4 integers")
-                        continue
-                    if box[2] <= 0 or box[3] <= 0:
-                        problems.append(f"{csv_path} line {line}: face box {box} has a non-positive size")
-                        continue
+            raw_box = [(row.get(c) or "").strip() for c in BOX_COLUMNS]  # all "" without box columns
+            if any(raw_box):
+                try:
+                    box = tuple(parse_int(v) for v in raw_box)
+                except ValueError:
+                    problems.append(f"{csv_path} line {line}: face box {','.join(raw_box)} is not 4 integers")
+                    continue
+                if box[2] <= 0 or box[3] <= 0:
+                    problems.append(f"{csv_path} line {line}: face box {box} has a non-positive size")
+                    continue
             file = path if os.path.isabs(path) else str(root / path)
             samples.append(Sample(path=path, file=file, label=label, box=box, line=line))
     if not samples and not problems:
@@ -446,8 +446,8 @@ def make_loader(dataset: Dataset, batch_size: int, workers: int, shuffle: bool =
     """DataLoader with a seeded generator, persistent workers and pinned memory on CUDA (workers draw no random
     numbers: augmentation happens on the batch, see BatchAugment)."""
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, num_workers=workers,
-                      generator=torch.Generator().manual_seed(seed), persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
-                      drop_last=drop_last)
+                      generator=torch.Generator().manual_seed(seed), persistent_workers=workers > 0,
+                      pin_memory=torch.cuda.is_available(), drop_last=drop_last)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -510,16 +510,6 @@ def check_index(csv_path: str | os.PathLike, data_root: str | os.PathLike | None
     return problems
 
 
-def _reference_transform(img_size: int) -> Callable[[Image.Image], torch.Tensor]:
-    """The plain torchvision training pipeline, per image: what `bench` compares the loader against."""
-    from torchvision import transforms as T  # only the benchmark uses torchvision's per-image transforms
-
-    a = Augment()
-    return T.Compose([T.Resize((img_size, img_size)), T.RandomHorizontalFlip(a.hflip),
-                      T.ColorJitter(a.brightness, a.contrast, a.saturation, a.hue), T.ToTensor(),
-                      T.Normalize(models.IMAGENET_MEAN, models.IMAGENET_STD)])
-
-
 def _reference_image(sample: Sample) -> Image.Image:
     """The plain way to read a face: decode the whole image at full size, convert to RGB, crop the box."""
     try:
@@ -542,8 +532,12 @@ def bench(csv_path: str | os.PathLike, data_root: str | os.PathLike | None = Non
     samples = read_index(csv_path, data_root)[:limit]
     for s in samples:  # warm the OS file cache so no configuration pays the disk reads alone
         Path(s.file).read_bytes()
-    reference = _reference_transform(img_size)
-    augment, generator = BatchAugment(Augment()), torch.Generator().manual_seed(0)
+    # The plain torchvision training pipeline, per image, with our augmentation strengths.
+    a = Augment()
+    reference = T.Compose([T.Resize((img_size, img_size)), T.RandomHorizontalFlip(a.hflip),
+                           T.ColorJitter(a.brightness, a.contrast, a.saturation, a.hue), T.ToTensor(),
+                           T.Normalize(models.IMAGENET_MEAN, models.IMAGENET_STD)])
+    augment, generator = BatchAugment(a), torch.Generator().manual_seed(0)
 
     def reference_rate() -> float:
         start = time.perf_counter()
@@ -625,8 +619,7 @@ def prepare(csv_path: str | os.PathLike, out_dir: str | os.PathLike, data_root: 
     classes.txt. Resumable: finished crops are kept. Returns (written, skipped, problems)."""
     csv_path, out_dir = Path(csv_path), Path(out_dir)
     samples = read_index(csv_path, data_root)
-    root = Path(data_root) if data_root is not None else csv_path.parent
-    names = _prepared_names(samples, root)
+    names = _prepared_names(samples, Path(data_root) if data_root is not None else csv_path.parent)
     jobs = [(s, out_dir / n, img_size) for s, n in zip(samples, names)]
     workers = workers or os.cpu_count() or 1
     print(f"prepare: {len(jobs)} faces from {csv_path} -> {out_dir} at {img_size} px on {workers} processes",
