@@ -251,8 +251,7 @@ def _read_fer2013(csv_path: Path) -> list[tuple[int, str, str, str]]:
 def _write_fer_splits(out_dir: Path, kept: dict[str, list[tuple[str, int, Image.Image]]],
                       dropped: dict[str, dict[str, int]], classes: Sequence[str], source: Path) -> Report:
     """PNGs under out_dir/images/<split>/ and one index CSV per split (train.csv, val.csv, test.csv)."""
-    total = sum(len(rows) for rows in kept.values())
-    progress = Progress(total, "writing PNGs")
+    progress = Progress(sum(len(rows) for rows in kept.values()), "writing PNGs")
     report = []
     for usage, csv_name in FER2013_SPLITS.items():
         rows = []
@@ -318,9 +317,8 @@ def convert_fer2013_folder(root: str | os.PathLike, out_dir: str | os.PathLike) 
     if not root.is_dir():
         raise UserError(f"FER2013 folder not found: {root}")
     entries = sorted(p for p in root.iterdir() if not p.name.startswith("."))
-    order = list(FER2013_FOLDERS)
     splits = sorted((p for p in entries if p.is_dir() and p.name.lower() in FER2013_FOLDERS),
-                    key=lambda p: (order.index(p.name.lower()), p.name))
+                    key=lambda p: (list(FER2013_FOLDERS).index(p.name.lower()), p.name))
     if not any(p.name.lower() == "train" for p in splits):
         found = ", ".join(p.name + ("/" if p.is_dir() else "") for p in entries[:8]) or "nothing"
         found += ", ..." if len(entries) > 8 else ""
@@ -358,8 +356,7 @@ def convert_fer2013_folder(root: str | os.PathLike, out_dir: str | os.PathLike) 
             elif (claimed == "Training") != (folder_usage == "Training"):
                 _count(dropped[usage], f"{claimed}_ file under {split_dir.name}/ (its name and folder disagree)")
             else:
-                csv_path = out_dir / FER2013_SPLITS[usage]
-                kept[usage].append((relative_to_csv(file, csv_path), BASIC7.index(label_name)))
+                kept[usage].append((relative_to_csv(file, out_dir / FER2013_SPLITS[usage]), BASIC7.index(label_name)))
     if not files:
         raise UserError(f"{root}: no images under {', '.join(p.name + '/' for p in splits)}")
     if not kept["Training"]:

@@ -38,8 +38,7 @@ def demo_counts(min_train_per_class: int = 24, balanced: bool = False) -> list[i
     (balanced: min_train_per_class in every class)."""
     if balanced:
         return [min_train_per_class] * len(TABLE2_COUNTS)
-    smallest = min(TABLE2_COUNTS)
-    return [max(min_train_per_class, round(c * min_train_per_class / smallest)) for c in TABLE2_COUNTS]
+    return [max(min_train_per_class, round(c * min_train_per_class / min(TABLE2_COUNTS))) for c in TABLE2_COUNTS]
 
 
 def _color(rng: np.random.Generator, lo: int = 0, hi: int = 256) -> tuple[int, int, int]:
