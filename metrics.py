@@ -231,8 +231,7 @@ def format_comparison(result: dict, name_a: str, name_b: str) -> str:
 
 def format_table(metrics: dict) -> str:
     """Per-class table in the layout of thesis Tables 9 and 10 (plus F1's 95 % interval), then accuracy and macro-F1."""
-    names = list(metrics["per_class"])
-    width = max(len("Class"), *(len(n) for n in names))
+    width = max(len("Class"), *(len(n) for n in metrics["per_class"]))
     ci = metrics.get("ci95")
     lines = [f"{'Class':<{width}}  {'Precision':>9}  {'Recall':>9}  {'F1-score':>9}  {'Support':>7}"
              + ("  F1 95% CI" if ci else "")]
