@@ -12,7 +12,6 @@ another by class name. Each returns [(index CSV written, rows kept, {drop reason
 """
 from __future__ import annotations
 
-import io
 import os
 from collections import Counter
 from pathlib import Path
@@ -21,8 +20,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from data import BOX_COLUMNS, IMAGE_EXTENSIONS, open_csv, parse_int, write_classes
-from utils import AFFECTNET8, CLASS_ALIASES, Progress, UserError, atomic_write, canonical_class, write_csv
+from data import BOX_COLUMNS, IMAGE_EXTENSIONS, open_csv, parse_int, save_image, write_classes
+from utils import AFFECTNET8, CLASS_ALIASES, Progress, UserError, canonical_class, write_csv
 
 Report = list[tuple[Path, int, dict[str, int]]]
 
@@ -76,14 +75,8 @@ def convert_affectnet(csv_path: str | os.PathLike, out: str | os.PathLike,
     classes = _affectnet_classes(num_classes)
     if not csv_path.is_file():
         raise UserError(f"AffectNet CSV not found: {csv_path}")
-    needed = ("subDirectory_filePath", *BOX_COLUMNS, "expression")
     rows, dropped = [], {}
-    with open_csv(csv_path) as reader:
-        columns = reader.fieldnames
-        missing = [c for c in needed if c not in columns]
-        if missing:
-            raise UserError(f"{csv_path}: missing AffectNet column(s) {', '.join(missing)} "
-                            f"(found: {', '.join(columns)})")
+    with open_csv(csv_path, ("subDirectory_filePath", *BOX_COLUMNS, "expression"), "AffectNet") as reader:
         for row in reader:
             try:
                 code = int((row["expression"] or "").strip())
@@ -246,23 +239,11 @@ def _fer_image(pixels: str) -> Image.Image | None:
     return Image.fromarray(array.astype(np.uint8).reshape(48, 48), mode="L")
 
 
-def _save_png(image: Image.Image, path: Path) -> None:
-    """Write a PNG atomically; without fsync: tens of thousands of small files, and a rerun rewrites them all."""
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    with atomic_write(path, "wb", durable=False) as f:
-        f.write(buffer.getvalue())
-
-
 def _read_fer2013(csv_path: Path) -> list[tuple[int, str, str, str]]:
     """(CSV line, emotion, pixels, Usage) of every fer2013.csv row."""
     if not csv_path.is_file():
         raise UserError(f"FER2013 CSV not found: {csv_path}")
-    with open_csv(csv_path) as reader:
-        missing = [c for c in ("emotion", "pixels", "Usage") if c not in reader.fieldnames]
-        if missing:
-            raise UserError(f"{csv_path}: missing FER2013 column(s) {', '.join(missing)} "
-                            f"(found: {', '.join(reader.fieldnames)})")
+    with open_csv(csv_path, ("emotion", "pixels", "Usage"), "FER2013") as reader:
         return [(reader.line_num, (r["emotion"] or "").strip(), r["pixels"] or "", (r["Usage"] or "").strip())
                 for r in reader]
 
@@ -270,14 +251,14 @@ def _read_fer2013(csv_path: Path) -> list[tuple[int, str, str, str]]:
 def _write_fer_splits(out_dir: Path, kept: dict[str, list[tuple[str, int, Image.Image]]],
                       dropped: dict[str, dict[str, int]], classes: Sequence[str], source: Path) -> Report:
     """PNGs under out_dir/images/<split>/ and one index CSV per split (train.csv, val.csv, test.csv)."""
-    total = sum(len(rows) for rows in kept.values())
-    progress = Progress(total, "writing PNGs")
+    progress = Progress(sum(len(rows) for rows in kept.values()), "writing PNGs")
     report = []
     for usage, csv_name in FER2013_SPLITS.items():
         rows = []
         for name, label, image in kept[usage]:
             path = out_dir / "images" / usage / name
-            _save_png(image, path)
+            # No fsync: tens of thousands of small files, and a rerun rewrites them all.
+            save_image(image, path, durable=False, format="PNG")
             rows.append((relative_to_csv(path, out_dir / csv_name), label))
             progress.step()
         if rows:
@@ -323,12 +304,6 @@ def convert_fer2013_csv(csv_path: str | os.PathLike, out_dir: str | os.PathLike)
     return _write_fer_splits(out_dir, kept, dropped, BASIC7, csv_path)
 
 
-def _fer_split_of(name: str) -> str | None:
-    """The FER2013 split a file name claims by its prefix (Training_123.jpg -> Training; any case), or None."""
-    lowered = name.lower()
-    return next((usage for usage in FER2013_SPLITS if lowered.startswith(f"{usage.lower()}_")), None)
-
-
 def convert_fer2013_folder(root: str | os.PathLike, out_dir: str | os.PathLike) -> Report:
     """FER2013 as JPEG class folders (angry, disgust, ...) under ROOT/train/ and ROOT/test/ (PublicTest_ and
     PrivateTest_ mixed) or ROOT/publictest/ [+ ROOT/privatetest/] -> train.csv (Training_ files), val.csv
@@ -342,9 +317,8 @@ def convert_fer2013_folder(root: str | os.PathLike, out_dir: str | os.PathLike) 
     if not root.is_dir():
         raise UserError(f"FER2013 folder not found: {root}")
     entries = sorted(p for p in root.iterdir() if not p.name.startswith("."))
-    order = list(FER2013_FOLDERS)
     splits = sorted((p for p in entries if p.is_dir() and p.name.lower() in FER2013_FOLDERS),
-                    key=lambda p: (order.index(p.name.lower()), p.name))
+                    key=lambda p: (list(FER2013_FOLDERS).index(p.name.lower()), p.name))
     if not any(p.name.lower() == "train" for p in splits):
         found = ", ".join(p.name + ("/" if p.is_dir() else "") for p in entries[:8]) or "nothing"
         found += ", ..." if len(entries) > 8 else ""
@@ -365,7 +339,8 @@ def convert_fer2013_folder(root: str | os.PathLike, out_dir: str | os.PathLike) 
         folder_usage = FER2013_FOLDERS[split_dir.name.lower()]
         for file in sorted(p for p in split_dir.rglob("*") if p.is_file()):
             files += 1
-            claimed = _fer_split_of(file.name)
+            # The split the file's name prefix claims (Training_123.jpg -> Training; any case), or None.
+            claimed = next((u for u in FER2013_SPLITS if file.name.lower().startswith(f"{u.lower()}_")), None)
             usage = claimed or folder_usage
             parts = file.relative_to(split_dir).parts
             label_name = canonical_class(parts[0]) if len(parts) > 1 else None
@@ -381,8 +356,7 @@ def convert_fer2013_folder(root: str | os.PathLike, out_dir: str | os.PathLike) 
             elif (claimed == "Training") != (folder_usage == "Training"):
                 _count(dropped[usage], f"{claimed}_ file under {split_dir.name}/ (its name and folder disagree)")
             else:
-                csv_path = out_dir / FER2013_SPLITS[usage]
-                kept[usage].append((relative_to_csv(file, csv_path), BASIC7.index(label_name)))
+                kept[usage].append((relative_to_csv(file, out_dir / FER2013_SPLITS[usage]), BASIC7.index(label_name)))
     if not files:
         raise UserError(f"{root}: no images under {', '.join(p.name + '/' for p in splits)}")
     if not kept["Training"]:
@@ -426,11 +400,7 @@ def convert_ferplus(fer2013_csv: str | os.PathLike, ferplus_csv: str | os.PathLi
     images = _read_fer2013(fer2013_csv)
     if not ferplus_csv.is_file():
         raise UserError(f"FERPlus CSV not found: {ferplus_csv}")
-    with open_csv(ferplus_csv) as reader:
-        missing = [c for c in ("Usage", "Image name", *FERPLUS_VOTES) if c not in reader.fieldnames]
-        if missing:
-            raise UserError(f"{ferplus_csv}: missing FERPlus column(s) {', '.join(missing)} "
-                            f"(found: {', '.join(reader.fieldnames)})")
+    with open_csv(ferplus_csv, ("Usage", "Image name", *FERPLUS_VOTES), "FERPlus") as reader:
         votes_rows = [(reader.line_num, row) for row in reader]
     if len(votes_rows) != len(images):
         raise UserError(f"{ferplus_csv} has {len(votes_rows)} rows but {fer2013_csv} has {len(images)}; FERPlus "

@@ -13,12 +13,13 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision import transforms as T
 
 import losses
 import models
@@ -102,14 +103,19 @@ def write_classes(folder: str | os.PathLike, classes: Sequence[str]) -> Path:
 
 
 @contextmanager
-def open_csv(path: Path) -> Iterator[csv.DictReader]:
-    """A DictReader with stripped column names; a missing header or undecodable text is a UserError."""
+def open_csv(path: Path, required: Sequence[str] = (), kind: str = "required") -> Iterator[csv.DictReader]:
+    """A DictReader with stripped column names; a missing header, a missing `required` column (`kind` says whose:
+    required, AffectNet, ...) or undecodable text is a UserError."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's UTF-8 exports start with a BOM
             reader = csv.DictReader(f)
             if not reader.fieldnames:
                 raise UserError(f"{path}: empty CSV (no header line)")
             reader.fieldnames = [c.strip() for c in reader.fieldnames]
+            missing = [c for c in required if c not in reader.fieldnames]
+            if missing:
+                raise UserError(f"{path}: missing {kind} column(s) {', '.join(missing)} "
+                                f"(found: {', '.join(reader.fieldnames)})")
             yield reader
     except (UnicodeDecodeError, csv.Error) as err:
         raise UserError(f"{path}: not a readable UTF-8 CSV ({err})") from None
@@ -125,12 +131,8 @@ def _scan_index(csv_path: str | os.PathLike, data_root: str | os.PathLike | None
     classes = read_classes(csv_path)
     if data_root is not None and not root.is_dir():
         raise UserError(f"--data-root is not a folder: {root}")
-    with open_csv(csv_path) as reader:
+    with open_csv(csv_path, ("path", "label")) as reader:
         columns = reader.fieldnames
-        missing = [c for c in ("path", "label") if c not in columns]
-        if missing:
-            raise UserError(f"{csv_path}: missing required column(s) {', '.join(missing)} "
-                            f"(found: {', '.join(columns)})")
         present_box = [c for c in BOX_COLUMNS if c in columns]
         if present_box and len(present_box) != len(BOX_COLUMNS):
             raise UserError(f"{csv_path}: face box needs all of {', '.join(BOX_COLUMNS)} "
@@ -154,17 +156,16 @@ def _scan_index(csv_path: str | os.PathLike, data_root: str | os.PathLike | None
                                 f"0-{len(classes) - 1}{hint}")
                 continue
             box = None
-            if present_box:
-                raw_box = [(row.get(c) or "").strip() for c in BOX_COLUMNS]
-                if any(raw_box):
-                    try:
-                        box = tuple(parse_int(v) for v in raw_box)
-                    except ValueError:
-                        problems.append(f"{csv_path} line {line}: face box {','.join(raw_box)} is not 4 integers")
-                        continue
-                    if box[2] <= 0 or box[3] <= 0:
-                        problems.append(f"{csv_path} line {line}: face box {box} has a non-positive size")
-                        continue
+            raw_box = [(row.get(c) or "").strip() for c in BOX_COLUMNS]  # all "" without box columns
+            if any(raw_box):
+                try:
+                    box = tuple(parse_int(v) for v in raw_box)
+                except ValueError:
+                    problems.append(f"{csv_path} line {line}: face box {','.join(raw_box)} is not 4 integers")
+                    continue
+                if box[2] <= 0 or box[3] <= 0:
+                    problems.append(f"{csv_path} line {line}: face box {box} has a non-positive size")
+                    continue
             file = path if os.path.isabs(path) else str(root / path)
             samples.append(Sample(path=path, file=file, label=label, box=box, line=line))
     if not samples and not problems:
@@ -191,10 +192,7 @@ def read_index(csv_path: str | os.PathLike, data_root: str | os.PathLike | None 
 
 def class_counts(samples: Sequence[Sample], num_classes: int) -> list[int]:
     """Number of samples per class index."""
-    counts = [0] * num_classes
-    for s in samples:
-        counts[s.label] += 1
-    return counts
+    return np.bincount([s.label for s in samples], minlength=num_classes).tolist()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -203,10 +201,7 @@ def class_counts(samples: Sequence[Sample], num_classes: int) -> list[int]:
 
 def _draft_scale(box_w: int, box_h: int, min_side: int) -> int:
     """Largest JPEG DCT scale (1, 2, 4, 8) that keeps the face box >= min_side pixels on both sides."""
-    for scale in (8, 4, 2):
-        if box_w // scale >= min_side and box_h // scale >= min_side:
-            return scale
-    return 1
+    return next((scale for scale in (8, 4, 2) if min(box_w, box_h) // scale >= min_side), 1)
 
 
 def _where(sample: Sample) -> str:
@@ -255,6 +250,15 @@ def to_model_mode(image: Image.Image, grayscale: bool = False) -> Image.Image:
     if grayscale and image.mode != "L":
         image = image.convert("L")
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def save_image(image: Image.Image, path: str | os.PathLike, durable: bool = True, **options: object) -> None:
+    """Encode `image` in memory with Pillow's save options (format, quality, ...), then write it atomically;
+    durable=False skips the fsync (bulk writers of many small files that a rerun rewrites)."""
+    buffer = io.BytesIO()
+    image.save(buffer, **options)
+    with atomic_write(path, "wb", durable=durable) as f:
+        f.write(buffer.getvalue())
 
 
 @dataclass(frozen=True)
@@ -441,11 +445,9 @@ def make_loader(dataset: Dataset, batch_size: int, workers: int, shuffle: bool =
                 sampler: Sampler | None = None, seed: int = 42, drop_last: bool = False) -> DataLoader:
     """DataLoader with a seeded generator, persistent workers and pinned memory on CUDA (workers draw no random
     numbers: augmentation happens on the batch, see BatchAugment)."""
-    generator = torch.Generator()
-    generator.manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, num_workers=workers,
-                      generator=generator, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
-                      drop_last=drop_last)
+                      generator=torch.Generator().manual_seed(seed), persistent_workers=workers > 0,
+                      pin_memory=torch.cuda.is_available(), drop_last=drop_last)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -508,16 +510,6 @@ def check_index(csv_path: str | os.PathLike, data_root: str | os.PathLike | None
     return problems
 
 
-def _reference_transform(img_size: int) -> Callable[[Image.Image], torch.Tensor]:
-    """The plain torchvision training pipeline, per image: what `bench` compares the loader against."""
-    from torchvision import transforms as T  # only the benchmark uses torchvision's per-image transforms
-
-    a = Augment()
-    return T.Compose([T.Resize((img_size, img_size)), T.RandomHorizontalFlip(a.hflip),
-                      T.ColorJitter(a.brightness, a.contrast, a.saturation, a.hue), T.ToTensor(),
-                      T.Normalize(models.IMAGENET_MEAN, models.IMAGENET_STD)])
-
-
 def _reference_image(sample: Sample) -> Image.Image:
     """The plain way to read a face: decode the whole image at full size, convert to RGB, crop the box."""
     try:
@@ -540,8 +532,12 @@ def bench(csv_path: str | os.PathLike, data_root: str | os.PathLike | None = Non
     samples = read_index(csv_path, data_root)[:limit]
     for s in samples:  # warm the OS file cache so no configuration pays the disk reads alone
         Path(s.file).read_bytes()
-    reference = _reference_transform(img_size)
-    augment, generator = BatchAugment(Augment()), torch.Generator().manual_seed(0)
+    # The plain torchvision training pipeline, per image, with our augmentation strengths.
+    a = Augment()
+    reference = T.Compose([T.Resize((img_size, img_size)), T.RandomHorizontalFlip(a.hflip),
+                           T.ColorJitter(a.brightness, a.contrast, a.saturation, a.hue), T.ToTensor(),
+                           T.Normalize(models.IMAGENET_MEAN, models.IMAGENET_STD)])
+    augment, generator = BatchAugment(a), torch.Generator().manual_seed(0)
 
     def reference_rate() -> float:
         start = time.perf_counter()
@@ -607,14 +603,12 @@ def _prepare_one(job: tuple[Sample, Path, int]) -> str | None:
     if target.is_file() and target.stat().st_size > 0:
         return "skipped"
     try:
-        buffer = io.BytesIO()
-        # 4:4:4 chroma: the default 4:2:0 halves the colour resolution of a 224 px face.
-        load_face(sample, size).save(buffer, "JPEG", quality=95, subsampling=0)
+        face = load_face(sample, size)
     except UserError as err:
         return str(err)
-    # No fsync: hundreds of thousands of small files, and a rerun redoes whatever is missing.
-    with atomic_write(target, "wb", durable=False) as f:
-        f.write(buffer.getvalue())
+    # 4:4:4 chroma: the default 4:2:0 halves the colour resolution of a 224 px face. No fsync: hundreds of
+    # thousands of small files, and a rerun redoes whatever is missing.
+    save_image(face, target, durable=False, format="JPEG", quality=95, subsampling=0)
     return None
 
 
@@ -625,8 +619,7 @@ def prepare(csv_path: str | os.PathLike, out_dir: str | os.PathLike, data_root: 
     classes.txt. Resumable: finished crops are kept. Returns (written, skipped, problems)."""
     csv_path, out_dir = Path(csv_path), Path(out_dir)
     samples = read_index(csv_path, data_root)
-    root = Path(data_root) if data_root is not None else csv_path.parent
-    names = _prepared_names(samples, root)
+    names = _prepared_names(samples, Path(data_root) if data_root is not None else csv_path.parent)
     jobs = [(s, out_dir / n, img_size) for s, n in zip(samples, names)]
     workers = workers or os.cpu_count() or 1
     print(f"prepare: {len(jobs)} faces from {csv_path} -> {out_dir} at {img_size} px on {workers} processes",

@@ -5,7 +5,6 @@ skin tone, hair, occluders, lighting, blur, noise), written as JPEGs with index 
 """
 from __future__ import annotations
 
-import io
 import math
 import os
 from pathlib import Path
@@ -14,8 +13,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from data import TABLE2_COUNTS, process_pool, write_classes
-from utils import AFFECTNET8, Progress, atomic_write, write_csv
+from data import TABLE2_COUNTS, process_pool, save_image, write_classes
+from utils import AFFECTNET8, Progress, write_csv
 
 # Face-frame units: u across (-1..1 = face half-width), v down (-1..1 = face half-height).
 # Per class: brow (inner end, outer end) vertical offset (+ = down), eye opening, mouth kind, mouth half-width,
@@ -39,8 +38,7 @@ def demo_counts(min_train_per_class: int = 24, balanced: bool = False) -> list[i
     (balanced: min_train_per_class in every class)."""
     if balanced:
         return [min_train_per_class] * len(TABLE2_COUNTS)
-    smallest = min(TABLE2_COUNTS)
-    return [max(min_train_per_class, round(c * min_train_per_class / smallest)) for c in TABLE2_COUNTS]
+    return [max(min_train_per_class, round(c * min_train_per_class / min(TABLE2_COUNTS))) for c in TABLE2_COUNTS]
 
 
 def _color(rng: np.random.Generator, lo: int = 0, hi: int = 256) -> tuple[int, int, int]:
@@ -176,11 +174,8 @@ def _demo_file(job: tuple[Path, str, int, int, int, int, int]) -> None:
     out, rel, seed, split_id, label, index, img_size = job
     # One generator per image, keyed by (seed, split, class, index): no byte depends on order or on the worker.
     rng = np.random.default_rng([seed, split_id, label, index])
-    buffer = io.BytesIO()
     # Fixed quality and no EXIF/ICC/timestamps: the same seed gives byte-identical files.
-    _demo_image(label, rng, img_size).save(buffer, "JPEG", quality=90)
-    with atomic_write(out / rel, "wb") as f:
-        f.write(buffer.getvalue())
+    save_image(_demo_image(label, rng, img_size), out / rel, format="JPEG", quality=90)
 
 
 def make_demo(out_dir: str | os.PathLike, seed: int = 42, min_train_per_class: int = 24, val_per_class: int = 30,

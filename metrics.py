@@ -5,6 +5,7 @@ bootstrap() is the one resampling engine behind every confidence interval and pa
 summarize.py).
 """
 import csv
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -140,13 +141,11 @@ def bootstrap(labels: Sequence[int], systems: Sequence[Sequence], num_classes: i
     per_seed = confusion_scores(points.reshape(-1, num_classes, num_classes))  # [K*S, ...]
     # Its own generator: the image draws then do not depend on the number of seeds.
     draws = np.random.default_rng([seed, 1]).integers(0, seeds, size=(resamples, seeds)) if seeds > 1 else None
-    out = []
-    for k in range(len(stacked)):
-        part = slice(k * seeds, (k + 1) * seeds)
-        out.append(Resampled(point={key: v[part].mean(axis=0) for key, v in per_seed.items()},
-                             per_seed={key: v[part] for key, v in per_seed.items()},
-                             replicates={key: _seed_mean(v[part], draws) for key, v in replicates.items()}))
-    return out
+    parts = (slice(k * seeds, (k + 1) * seeds) for k in range(len(stacked)))
+    return [Resampled(point={key: v[part].mean(axis=0) for key, v in per_seed.items()},
+                      per_seed={key: v[part] for key, v in per_seed.items()},
+                      replicates={key: _seed_mean(v[part], draws) for key, v in replicates.items()})
+            for part in parts]
 
 
 def _seed_mean(values: np.ndarray, draws: np.ndarray | None) -> np.ndarray:
@@ -185,11 +184,9 @@ def bootstrap_p(observed: float, replicates: np.ndarray) -> float:
 
 def mcnemar_exact(b: int, c: int) -> float:
     """Two-sided exact McNemar p (b, c = images only A / only B gets right): 2 x binomial(b + c, 1/2) tail, max 1."""
-    n, k = b + c, min(b, c)
-    term = tail = 1  # C(n, 0); exact integers, so no underflow or rounding until the final division
-    for i in range(k):
-        term = term * (n - i) // (i + 1)
-        tail += term
+    n = b + c
+    # Exact integers, so no underflow or rounding until the final division.
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1))
     return min(1.0, 2 * tail / 2 ** n)
 
 
@@ -201,8 +198,7 @@ def compare(labels: Sequence[int], preds_a: Sequence, preds_b: Sequence, num_cla
     """
     a, b = bootstrap(labels, [preds_a, preds_b], num_classes)
     labels = np.asarray(labels, dtype=np.int64)
-    right_a = np.atleast_2d(np.asarray(preds_a, dtype=np.int64)) == labels
-    right_b = np.atleast_2d(np.asarray(preds_b, dtype=np.int64)) == labels
+    right_a, right_b = (np.atleast_2d(np.asarray(p, dtype=np.int64)) == labels for p in (preds_a, preds_b))
     mcnemar = [mcnemar_exact(int(np.sum(ra & ~rb)), int(np.sum(~ra & rb))) for ra, rb in zip(right_a, right_b)]
     out: dict = {"n": int(labels.size)}
     for key in ("accuracy", "macro_f1"):
@@ -235,8 +231,7 @@ def format_comparison(result: dict, name_a: str, name_b: str) -> str:
 
 def format_table(metrics: dict) -> str:
     """Per-class table in the layout of thesis Tables 9 and 10 (plus F1's 95 % interval), then accuracy and macro-F1."""
-    names = list(metrics["per_class"])
-    width = max(len("Class"), *(len(n) for n in names))
+    width = max(len("Class"), *(len(n) for n in metrics["per_class"]))
     ci = metrics.get("ci95")
     lines = [f"{'Class':<{width}}  {'Precision':>9}  {'Recall':>9}  {'F1-score':>9}  {'Support':>7}"
              + ("  F1 95% CI" if ci else "")]

@@ -284,16 +284,11 @@ def _legend(image: Image.Image, x: int, y: int, entries: Sequence[tuple[str, tup
         x += 30 + w + 22
 
 
-def _padded(values: Sequence[float], floor: float | None = None, ceiling: float | None = None) -> list[float]:
+def _padded(values: Sequence[float], floor: float = -math.inf, ceiling: float = math.inf) -> list[float]:
     """Round ticks around values, with a little room at both ends (clamped to floor / ceiling)."""
     lo, hi = min(values), max(values)
     pad = (hi - lo) * 0.08 or max(abs(hi) * 0.1, 0.05)
-    lo, hi = lo - pad, hi + pad
-    if floor is not None:
-        lo = max(lo, floor)
-    if ceiling is not None:
-        hi = min(hi, ceiling)
-    return _nice_ticks(lo, hi)
+    return _nice_ticks(max(lo - pad, floor), min(hi + pad, ceiling))
 
 
 def draw_curves(history: Sequence[dict], best_epoch: int | None, title: str) -> Image.Image:
@@ -311,7 +306,7 @@ def draw_curves(history: Sequence[dict], best_epoch: int | None, title: str) -> 
     # line stay off the frame.
     xticks = [t for t in _nice_ticks(min(epochs), max(epochs)) if t == int(t) and min(epochs) <= t <= max(epochs)]
     xlim = (min(epochs) - 0.5, max(epochs) + 0.5)
-    panels = [("Loss", ("train_loss", "val_loss"), ("train loss", "validation loss"), None, None),
+    panels = [("Loss", ("train_loss", "val_loss"), ("train loss", "validation loss"), -math.inf, math.inf),
               ("Validation accuracy and macro-F1", ("val_accuracy", "val_macro_f1"), ("accuracy", "macro-F1"),
                0.0, 1.0)]
     panel_w = (width - 2 * pad - 70) // 2
