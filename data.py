@@ -442,7 +442,8 @@ def _box_mask(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 
 def make_loader(dataset: Dataset, batch_size: int, workers: int, shuffle: bool = False,
-                sampler: Sampler | None = None, seed: int = 42, drop_last: bool = False) -> DataLoader:
+                sampler: Sampler | Sequence[int] | None = None, seed: int = 42, drop_last: bool = False
+                ) -> DataLoader:
     """DataLoader with a seeded generator, persistent workers and pinned memory on CUDA (workers draw no random
     numbers: augmentation happens on the batch, see BatchAugment)."""
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, num_workers=workers,

@@ -206,6 +206,7 @@ def compare_sides(args: argparse.Namespace) -> tuple[dict, str, str]:
 
 
 def main(args: argparse.Namespace) -> None:
+    """Evaluate one checkpoint or predictions file, or compare two (--compare)."""
     if args.predictions and args.logit_adjust:
         raise utils.UserError("--logit-adjust needs the training class counts a checkpoint records; a predictions "
                               "file has none: use --ckpt")
