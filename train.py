@@ -945,3 +945,6 @@ if __name__ == "__main__":
                  f"{resume_command(int(os.environ.get('WORLD_SIZE', '1')), True)}")
     except utils.UserError as err:
         sys.exit(f"error: {err}")
+    except KeyboardInterrupt:  # while setting up: once training starts, a Ctrl-C saves last.pt (StopFlag)
+        print("interrupted (Ctrl-C) before training started; the same command starts it again", file=sys.stderr)
+        sys.exit(130)

@@ -177,9 +177,13 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
 
 
 def run_cli(main: Callable[[argparse.Namespace], Any], parser: argparse.ArgumentParser) -> None:
-    """A script's entry point: main(parsed flags); a UserError ends the process with its one line and exit 1."""
+    """A script's entry point: main(parsed flags); a UserError ends the process with its one line and exit 1, a
+    Ctrl-C with one line and exit 130 (files already written are whole: every write is atomic)."""
     args = parser.parse_args()
     try:
         main(args)
     except UserError as err:
         sys.exit(f"error: {err}")
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C)", file=sys.stderr)
+        sys.exit(130)

@@ -492,3 +492,21 @@ def test_atomic_write_keeps_old_file_on_error(tmp_path):
     with utils.atomic_write(target, "wb") as f:
         f.write(b"new")
     assert target.read_bytes() == b"new"
+
+
+def test_ctrl_c_ends_a_script_in_one_line_with_exit_130_keeping_what_it_wrote(tmp_path):
+    """A real SIGINT in the middle of a script's work (utils.run_cli, every script's entry point but train.py's)."""
+    out = tmp_path / "written.json"
+    code = ("import argparse, os, signal, time, utils\n"
+            "def main(args):\n"
+            "    utils.write_json(args.out, {'written': True})\n"
+            "    os.kill(os.getpid(), signal.SIGINT)\n"
+            "    time.sleep(60)  # the signal arrives here\n"
+            "parser = argparse.ArgumentParser()\n"
+            "parser.add_argument('--out')\n"
+            "utils.run_cli(main, parser)\n")
+    result = subprocess.run([sys.executable, "-c", code, "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 130
+    assert result.stderr.splitlines() == ["interrupted (Ctrl-C)"]
+    assert out.read_text() == '{\n  "written": true\n}\n'
