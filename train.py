@@ -368,7 +368,7 @@ class Loaders:
         self.balanced = None  # --sampler balanced: each image's draw weight, 1 / its class's count
         if args.sampler == "balanced":
             labels = np.array([s.label for s in inputs.train_samples])
-            self.balanced = torch.from_numpy(1.0 / np.bincount(labels))[labels]
+            self.balanced = torch.from_numpy(1.0 / np.bincount(labels)[labels])
         self.steps = len(self.shuffle) // self.batch  # full batches only (balanced draws as many images)
         if self.steps == 0:
             raise utils.UserError(f"{args.train_csv}: {len(inputs.train_samples)} images give no full batch of "
