@@ -497,7 +497,9 @@ def test_atomic_write_keeps_old_file_on_error(tmp_path):
 def test_ctrl_c_ends_a_script_in_one_line_with_exit_130_keeping_what_it_wrote(tmp_path):
     """A real SIGINT in the middle of a script's work (utils.run_cli, every script's entry point but train.py's)."""
     out = tmp_path / "written.json"
+    # Python's own Ctrl-C handling, as in a terminal: a test runner may start its children with SIGINT ignored.
     code = ("import argparse, os, signal, time, utils\n"
+            "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
             "def main(args):\n"
             "    utils.write_json(args.out, {'written': True})\n"
             "    os.kill(os.getpid(), signal.SIGINT)\n"
