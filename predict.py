@@ -212,6 +212,8 @@ def export_in_memory(ckpt: str, device: torch.device) -> torch.nn.Module:
     return onnx_model.OnnxModel(blob, device).eval()
 
 
+# What realtime.json and .md name as a mode's model when the checkpoint was exported in memory (no MODE=FILE).
+IN_MEMORY = "the checkpoint, exported in memory"
 # --benchmark's modes; MODE=FILE gives a mode its model file. A new mode is one entry. int8 needs its file
 # (export.py --int8): quantising needs calibration faces, which a checkpoint does not carry.
 PIPELINE_MODES: dict[str, PipelineMode] = {
@@ -286,7 +288,7 @@ def run_benchmark(src: realtime.Source, cv2: Any, detector: detectors.FaceDetect
         reference = rows if reference is None else reference
         kept, agree = realtime.agreement(reference, rows)
         results.append({
-            "mode": mode, "model": path or "the checkpoint, exported in memory", "runtime": classifier.describe(),
+            "mode": mode, "model": path or IN_MEMORY, "runtime": classifier.describe(),
             "detect_every": every,
             "track": args.track, "frames": stats.frames, "dropped": stats.dropped, "faces": stats.faces,
             "whole_frame_detections": stats.whole, "detector_ms": 1000 * stats.detect_s / max(stats.analysed, 1),
@@ -327,7 +329,7 @@ def _write_benchmark(results: list[dict[str, Any]], src: realtime.Source, cv2: A
              "| faces kept | labels agree | frames (dropped) |", "|---|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(results):
         model_ms = "" if r["model_ms"] is None else f"{r['model_ms']:.1f}"
-        given = r["model"] not in (ckpt, "the checkpoint, exported in memory")
+        given = r["model"] not in (ckpt, IN_MEMORY)
         mode = r["mode"] + (f"={r['model']}" if given else "") + (" (reference)" if i == 0 else "")
         lines.append(f"| {mode} | {r['detect_every']} | {r['fps']:.1f} | {r['p50_ms']:.1f} / {r['p95_ms']:.1f} "
                      f"| {r['detector_ms']:.1f} | {model_ms} | {pct(r['faces_kept'])} | {pct(r['labels_agree'])} "
